@@ -11,7 +11,7 @@ PACKAGES=(
   # libraries
   libexpected-dev libspdlog-dev libfmt-dev libcli11-dev libyaml-cpp-dev nlohmann-json3-dev
   libssl-dev libxxhash-dev liburing-dev libzmq3-dev cppzmq-dev libmsgpack-cxx-dev
-  libhiredis-dev libcpp-httplib-dev
+  libhiredis-dev libcpp-httplib-dev libabsl-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev googletest libbenchmark-dev redis-server
   # python package and integration tests

@@ -1,0 +1,11 @@
+// Entry points of the `kvtier bench` suites (one file each in bench/).
+#pragma once
+
+#include "harness.h"
+
+namespace kvtier::bench {
+
+Status RunSyncSuite(const SuiteOptions& options, Reporter* reporter);  // sync_suite.cc
+Status RunL1Suite(const SuiteOptions& options, Reporter* reporter);    // l1_suite.cc
+
+}  // namespace kvtier::bench
