@@ -3,7 +3,9 @@
 #   kvt_library(NAME <m> SRCS ... [DEPS ...])     -> kvtier_<m>, alias kvtier::<m>
 #   kvt_test(NAME <t> SRCS ... [DEPS ...] [LABELS ...] [TIMEOUT s])
 #   kvt_bench(NAME <b> SRCS ... [DEPS ...])        Google Benchmark micro-benchmark
-#   kvt_fuzzer(NAME <f> SRCS ... [DEPS ...])       libFuzzer target (KVT_BUILD_FUZZERS)
+#   kvt_fuzzer(NAME <f> SRCS ... [DEPS ...] [CORPUS dir] [RUNS n])
+#                                                  libFuzzer target (KVT_BUILD_FUZZERS), also
+#                                                  a ctest test (label fuzz): n seeded runs
 
 add_library(kvtier_build_flags INTERFACE)
 add_library(kvtier::build_flags ALIAS kvtier_build_flags)
@@ -75,9 +77,23 @@ function(kvt_fuzzer)
   if(NOT KVT_BUILD_FUZZERS)
     return()
   endif()
-  cmake_parse_arguments(A "" "NAME" "SRCS;DEPS" ${ARGN})
+  cmake_parse_arguments(A "" "NAME;CORPUS;RUNS" "SRCS;DEPS" ${ARGN})
   add_executable(${A_NAME} ${A_SRCS})
   target_compile_options(${A_NAME} PRIVATE -fsanitize=fuzzer)
   target_link_options(${A_NAME} PRIVATE -fsanitize=fuzzer)
   target_link_libraries(${A_NAME} PRIVATE ${A_DEPS} kvtier::build_flags)
+  if(KVT_BUILD_TESTS)
+    if(NOT A_RUNS)
+      set(A_RUNS 50000)
+    endif()
+    # libFuzzer writes new inputs into the first corpus directory: keep that in the build tree.
+    set(work ${CMAKE_CURRENT_BINARY_DIR}/${A_NAME}_corpus)
+    file(MAKE_DIRECTORY ${work})
+    set(seeds "")
+    if(A_CORPUS)
+      set(seeds ${CMAKE_CURRENT_SOURCE_DIR}/${A_CORPUS})
+    endif()
+    add_test(NAME ${A_NAME} COMMAND ${A_NAME} -runs=${A_RUNS} -seed=1 -max_len=4096 ${work} ${seeds})
+    set_tests_properties(${A_NAME} PROPERTIES LABELS fuzz TIMEOUT 300)
+  endif()
 endfunction()

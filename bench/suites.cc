@@ -1,0 +1,13 @@
+#include "suites.h"
+
+namespace kvtier::bench {
+
+const std::vector<Suite>& AllSuites() {
+  static const std::vector<Suite> suites = {
+      {"l1", "L1 lookup path, store path under eviction, metadata bytes per object", RunL1Suite},
+      {"sync", "FastLock vs std::mutex, RWLock vs std::shared_mutex", RunSyncSuite},
+  };
+  return suites;
+}
+
+}  // namespace kvtier::bench
