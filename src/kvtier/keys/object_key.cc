@@ -123,9 +123,10 @@ Status ValidateCacheSalt(std::string_view salt) {
   return Status::OK();
 }
 
+// Canonical decimal only: no sign, no leading zeros (so each key has one spelling).
 template <typename Int>
 bool ParseDecimal(std::string_view s, Int* out) {
-  if (s.empty()) return false;
+  if (s.empty() || (s.size() > 1 && s[0] == '0')) return false;
   auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), *out);
   return ec == std::errc() && ptr == s.data() + s.size();
 }
@@ -201,6 +202,7 @@ Result<ObjectKey> ObjectKey::Create(const ChunkHash& hash, NamespaceId ns, KvRan
 }
 
 ObjectKey ObjectKey::WithRank(KvRank rank) const {
+  KVT_DCHECK_MSG(rank.Validate().ok(), "invalid rank w{}r{}", rank.world_size, rank.rank);
   ObjectKey key = *this;
   key.rank_ = rank.Packed();
   return key;
@@ -247,6 +249,9 @@ Result<ObjectKey> ObjectKey::Parse(std::string_view text) {
   uint32_t group = 0;
   if (parts[2].size() < 2 || parts[2][0] != 'g' || !ParseDecimal(parts[2].substr(1), &group)) {
     return bad("group field must look like g<number>");
+  }
+  for (char c : parts[3]) {
+    if (c >= 'A' && c <= 'F') return bad("chunk hash must be lowercase hex");
   }
   KVT_ASSIGN_OR_RETURN(ChunkHash hash, ChunkHash::FromHex(parts[3]));
   std::string_view salt = n == 5 ? parts[4] : std::string_view();

@@ -87,6 +87,8 @@ class ObjectKey {
   // Stable text form, parsed back by Parse():
   //   <model_name>@w<world_size>r<rank>@g<object_group>@<chunk hash hex>[@<cache_salt>]
   // e.g. "meta-llama/Llama-3.1-8B@w2r1@g0@3fa4...9c" (the salt part is absent when empty).
+  // Parse accepts only this canonical spelling (decimals without sign or leading zeros,
+  // lowercase hex), so each key has exactly one text form.
   std::string ToString() const;
   static Result<ObjectKey> Parse(std::string_view text);
 

@@ -4,10 +4,12 @@
 //   h[i] = H(h[i-1] || tokens[i*C : (i+1)*C])
 //
 // where C is the chunk size (default 256), each previous hash enters as its 32 raw bytes and
-// each token as a 4-byte little-endian unsigned integer. A trailing partial chunk is never
-// hashed. The root is H("kvtier/token-hasher/v1/" + algorithm name), so chains made with
-// different algorithms never share hashes, and persisted L2 data is never reused under another
-// scheme. The chunk size is not in the root: keys only compare within one server's chunk size.
+// each token as a 4-byte little-endian unsigned integer on every host (big-endian hosts
+// byte-swap). xxh3_128 digests are written big-endian (XXH128_canonicalFromHash, as xxh128sum
+// prints them) and zero-filled to 32 bytes. A trailing partial chunk is never hashed.
+// The root is H("kvtier/token-hasher/v1/" + algorithm name), so chains made with different
+// algorithms never share hashes, and persisted L2 data is never reused under another scheme. The
+// chunk size is not in the root: keys only compare within one server's chunk size.
 //
 // Algorithms: sha256 (default; collision-resistant, so tenants sharing a cache cannot poison
 // each other's entries) and xxh3_128 (fast, non-cryptographic: trusted deployments only).
@@ -34,6 +36,7 @@ Result<HashAlgorithm> ParseHashAlgorithm(std::string_view name);
 
 inline constexpr uint32_t kDefaultChunkSize = 256;
 
+// An immutable value: copy it freely and call it from any number of threads.
 class TokenHasher {
  public:
   // chunk_size must be in [1, 1 << 20].
