@@ -35,6 +35,10 @@ endif()
 if(KVT_WITH_CUDA)
   target_compile_definitions(kvtier_build_flags INTERFACE KVT_WITH_CUDA=1)
 endif()
+if(KVT_BUILD_FUZZERS)
+  # Coverage instrumentation everywhere, so a fuzzer linking a kvtier library sees inside it.
+  target_compile_options(kvtier_build_flags INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-fsanitize=fuzzer-no-link>)
+endif()
 
 function(kvt_library)
   cmake_parse_arguments(A "" "NAME" "SRCS;DEPS" ${ARGN})
