@@ -61,7 +61,9 @@ struct AllocatorStats {
 class Allocator {
  public:
   // Manages [base, base + capacity). `alignment` is a power of two >= 8; `base` must be
-  // aligned to it. `base` may be null in tests that never touch data().
+  // aligned to it. `base` may be null in tests that never touch data(). A capacity that is
+  // not a multiple of the alignment is rounded down (capacity() reports the usable part);
+  // kInvalidArgument when that leaves nothing.
   static Result<std::unique_ptr<Allocator>> Create(uint8_t* base, uint64_t capacity,
                                                    uint64_t alignment = 4096);
   ~Allocator();  // KVT_DCHECKs that no allocation is outstanding
@@ -73,10 +75,19 @@ class Allocator {
   Result<Allocation> Allocate(uint64_t size);
 
   // All or nothing: on success appends sizes.size() allocations to `out`, in order; on failure
-  // appends nothing and leaves the free space exactly as it was.
+  // appends nothing and leaves the free space exactly as it was. Each size is checked as in
+  // Allocate; a batch whose rounded total exceeds the capacity (it can never fit) is
+  // kInvalidArgument; otherwise a batch that does not fit now is kOutOfMemory. An empty batch
+  // succeeds. Takes the lock once.
   Status AllocateBatch(std::span<const uint64_t> sizes, std::vector<Allocation>* out);
-  // `count` allocations of one size.
+  // `count` allocations of one size. Carves as many as fit from the best-fitting extent, then
+  // the next; succeeds whenever count * RoundUp(size) <= free bytes if every allocation of
+  // this allocator has that one size.
   Status AllocateBatch(uint64_t size, size_t count, std::vector<Allocation>* out);
+
+  // Frees every non-empty allocation in `allocations` (all from this allocator) under one lock
+  // acquisition and leaves them empty.
+  void FreeBatch(std::span<Allocation> allocations);
 
   AllocatorStats Stats() const;
   uint64_t used_bytes() const;  // cheap (an atomic read); Stats() takes the lock
