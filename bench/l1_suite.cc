@@ -189,7 +189,8 @@ Status MetadataPerObject(const SuiteOptions& opt, Reporter* reporter, Progress* 
   const size_t n = opt.quick ? 100'000 : 1'000'000;
   auto keys = MakeKeys(n, 3);
   {
-    KVT_ASSIGN_OR_RETURN(auto l1, MakeL1(n * 256, 256, Duration::zero()));
+    // Twice the room needed: stays under the eviction trigger, so every key stays tracked.
+    KVT_ASSIGN_OR_RETURN(auto l1, MakeL1(2 * n * 256, 256, Duration::zero()));
     KVT_ASSIGN_OR_RETURN(auto policy, eviction::MakeEvictionPolicy("lru"));
     KVT_ASSIGN_OR_RETURN(auto controller,
                          eviction::L1EvictionController::Create(l1.get(), std::move(policy), {}));
