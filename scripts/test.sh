@@ -3,7 +3,9 @@
 #   1. asan preset (ASan + UBSan): every unit and stress test, the fuzz targets over their
 #      seed corpora, and smoke runs of `kvtier bench` and `kvtier demo`;
 #   2. tsan preset (ThreadSanitizer): every test again, for the concurrency code;
-#   3. release preset (gcc, optimised): builds everything and runs the smoke tests.
+#   3. cuda preset (gcc, optimised, CUDA code through nvcc) when nvcc is installed, else the
+#      release preset: every test again (GPU tests skip without a GPU), so the optimised gcc
+#      build and the CUDA code never rot.
 # Usage: scripts/test.sh            (KVT_JOBS=N to override the parallelism)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,5 +25,10 @@ run_preset() {
 start=$(date +%s)
 run_preset asan
 run_preset tsan
-run_preset release -L smoke
+if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
+  run_preset cuda
+else
+  echo "=== nvcc not found: building the release preset instead of cuda"
+  run_preset release
+fi
 echo "=== all tests passed in $(( $(date +%s) - start )) s"

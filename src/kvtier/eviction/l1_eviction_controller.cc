@@ -168,6 +168,18 @@ void L1EvictionController::ApplyEvents() {
   applying_.clear();
 }
 
+void L1EvictionController::DropStale(std::vector<ObjectKey>* stale) {
+  // "L1 does not hold it" may be old news: a key re-created since then has a newer "created"
+  // event that may already be applied. Confirm now; a key created after this check has its
+  // event still queued, applied after this removal.
+  std::erase_if(*stale, [this](const ObjectKey& k) { return l1_->Exists(k); });
+  if (!stale->empty()) {
+    policy_->OnRemoved(*stale);
+    stats_.stale_keys_dropped += stale->size();
+  }
+  stale->clear();
+}
+
 uint64_t L1EvictionController::RunOnce() {
   MutexLock lock(&policy_mu_);
   ApplyEvents();
@@ -201,11 +213,7 @@ uint64_t L1EvictionController::EvictLocked() {
           return false;
         },
         &victims);
-    if (!stale.empty()) {
-      policy_->OnRemoved(stale);
-      stats_.stale_keys_dropped += stale.size();
-      stale.clear();
-    }
+    DropStale(&stale);
     if (victims.empty()) {
       ++stats_.stalls;
       KVT_LOG_DEBUG("L1 eviction stalled: {} bytes used, goal {}, nothing evictable", used, goal);
@@ -248,15 +256,13 @@ uint64_t L1EvictionController::EvictLocked() {
       progress += deleted;
       used = now_used;
     }
+    const bool found_stale = !stale.empty();
+    DropStale(&stale);
     // Our own deletions come back as queued events: apply them so they are not selected again.
     ApplyEvents();
-    if (!stale.empty()) {
-      policy_->OnRemoved(stale);
-      stats_.stale_keys_dropped += stale.size();
-    }
     stats_.evicted_keys += progress;
     evicted += progress;
-    if (progress == 0 && stale.empty()) {
+    if (progress == 0 && !found_stale) {
       // Every victim got locked between selection and deletion; try again next wake-up.
       ++stats_.stalls;
       break;

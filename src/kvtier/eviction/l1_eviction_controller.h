@@ -92,6 +92,8 @@ class L1EvictionController final : public l1::L1Listener {
   void Loop();
   void ApplyEvents() KVT_REQUIRES(policy_mu_);
   uint64_t EvictLocked() KVT_REQUIRES(policy_mu_);
+  // Untracks the keys of `stale` that L1 still does not hold; clears it.
+  void DropStale(std::vector<keys::ObjectKey>* stale) KVT_REQUIRES(policy_mu_);
 
   l1::L1Manager* const l1_;
   const L1EvictionOptions options_;

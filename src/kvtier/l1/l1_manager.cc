@@ -403,6 +403,7 @@ std::vector<L1Result> L1Manager::ReserveWrite(std::span<const ObjectKey> keys, u
   const int64_t expiry = now + options_.write_ttl.count();
   const uint32_t wanted = listener_events_.load(std::memory_order_acquire);
   EventKeys reserved(Wants(wanted, L1Listener::kReservedWrite));
+  EventKeys deleted(Wants(wanted, L1Listener::kDeleted));  // replaced buffers whose key left L1
   std::vector<memory::Allocation> freed;
   std::vector<L1Result> results(keys.size(), L1Result::kKeyNotWritable);
   if (views) views->assign(keys.size(), ObjectView{});
@@ -433,7 +434,7 @@ std::vector<L1Result> L1Manager::ReserveWrite(std::span<const ObjectKey> keys, u
           continue;
         }
         freed.push_back(shard.TakeStaging(*slot, s).mem);  // wrong size: replace it
-        shard.EraseIfEmpty(keys[i], hash);
+        if (shard.EraseIfEmpty(keys[i], hash)) deleted.Add(keys[i]);
       }
     }
     fresh.push_back(i);
@@ -475,6 +476,7 @@ std::vector<L1Result> L1Manager::ReserveWrite(std::span<const ObjectKey> keys, u
     reserved.Add(keys[i]);
   }
   ReleaseMemory(&freed);
+  KVT_L1_NOTIFY(L1Listener::kDeleted, OnL1KeysDeleted, deleted.keys());
   KVT_L1_NOTIFY(L1Listener::kReservedWrite, OnL1KeysReservedWrite, reserved.keys());
   return results;
 }
