@@ -160,12 +160,6 @@ Result<ChunkHash> ChunkHash::FromHex(std::string_view hex) {
   return h;
 }
 
-uint64_t ChunkHash::Prefix64() const {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | bytes[i];
-  return v;
-}
-
 Status KvRank::Validate() const {
   if (world_size == 0) return Status(StatusCode::kInvalidKey, "world size must be at least 1");
   if (rank >= world_size) {

@@ -7,8 +7,10 @@
 #pragma once
 
 #include <array>
+#include <bit>
 #include <compare>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <string>
 #include <string_view>
@@ -30,9 +32,21 @@ struct ChunkHash {
   // Accepts exactly 64 hex characters, either case.
   static Result<ChunkHash> FromHex(std::string_view hex);
   // The first 8 bytes as a little-endian integer: already uniformly distributed.
-  uint64_t Prefix64() const;
+  uint64_t Prefix64() const {
+    uint64_t v;
+    std::memcpy(&v, bytes.data(), sizeof(v));
+    if constexpr (std::endian::native == std::endian::big) v = __builtin_bswap64(v);
+    return v;
+  }
 
   friend auto operator<=>(const ChunkHash&, const ChunkHash&) = default;
+  // Four word compares, inline: keys are compared on every hash-table probe.
+  friend bool operator==(const ChunkHash& a, const ChunkHash& b) {
+    uint64_t x[4], y[4];
+    std::memcpy(x, a.bytes.data(), sizeof(x));
+    std::memcpy(y, b.bytes.data(), sizeof(y));
+    return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3])) == 0;
+  }
 };
 
 // Which rank of a tensor-parallel world an object belongs to.
@@ -94,7 +108,9 @@ class ObjectKey {
 
   size_t Hash() const;
 
-  friend bool operator==(const ObjectKey&, const ObjectKey&) = default;
+  friend bool operator==(const ObjectKey& a, const ObjectKey& b) {
+    return a.ns_ == b.ns_ && a.rank_ == b.rank_ && a.group_ == b.group_ && a.hash_ == b.hash_;
+  }
 
  private:
   ChunkHash hash_;

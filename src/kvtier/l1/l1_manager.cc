@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <limits>
 
 #include <absl/container/flat_hash_map.h>
 #include <fmt/format.h>
@@ -13,6 +14,25 @@
 namespace kvtier::l1 {
 namespace {
 
+// A readable object. 24 bytes: the table holds millions of these, and the per-object metadata
+// budget is 256 bytes all in. The memory is owned through Allocation::Detach / Adopt.
+struct Resident {
+  uint64_t offset = 0;      // in the pool
+  int64_t read_expiry = 0;  // clock nanos
+  uint32_t size = 0;        // object bytes (< 4 GiB)
+  uint16_t read_locks = 0;  // saturates at 65535 (the TTL bounds a lost count)
+  bool temporary = false;
+
+  bool ReadLocked(int64_t now) const { return read_locks > 0 && now < read_expiry; }
+  void Lock(uint32_t n, int64_t now, int64_t expiry) {
+    uint32_t base = ReadLocked(now) ? read_locks : 0;
+    read_locks = static_cast<uint16_t>(std::min<uint32_t>(base + n, 0xffff));
+    read_expiry = expiry;
+  }
+};
+static_assert(sizeof(Resident) == 24);
+
+// A buffer being written by one writer tag.
 struct Staging {
   WriterTag tag = kDefaultWriter;
   memory::Allocation mem;
@@ -21,39 +41,7 @@ struct Staging {
 
   bool Live(int64_t now) const { return now < write_expiry; }
 };
-
-// One key's state: an optional resident object plus the staging buffers of its writers.
-struct Slot {
-  memory::Allocation mem;   // the resident object; empty when the key is only being staged
-  int64_t read_expiry = 0;  // clock nanos
-  uint32_t read_locks = 0;
-  bool temporary = false;
-  std::unique_ptr<std::vector<Staging>> staging;  // null when nobody is writing
-
-  bool resident() const { return static_cast<bool>(mem); }
-  bool ReadLocked(int64_t now) const { return read_locks > 0 && now < read_expiry; }
-  bool HasStaging() const { return staging != nullptr && !staging->empty(); }
-  bool Empty() const { return !resident() && !HasStaging(); }
-
-  Staging* FindStaging(WriterTag tag) {
-    if (!staging) return nullptr;
-    for (Staging& s : *staging) {
-      if (s.tag == tag) return &s;
-    }
-    return nullptr;
-  }
-  bool HasLiveStaging(int64_t now) const {
-    if (!staging) return false;
-    return std::any_of(staging->begin(), staging->end(),
-                       [now](const Staging& s) { return s.Live(now); });
-  }
-  bool HasExpiredStaging(int64_t now) const {
-    if (!staging) return false;
-    return std::any_of(staging->begin(), staging->end(),
-                       [now](const Staging& s) { return !s.Live(now); });
-  }
-  ObjectView View() const { return ObjectView{mem.data(), mem.size()}; }
-};
+using StagingList = std::vector<Staging>;
 
 uint32_t ClampLocks(uint32_t n) { return std::clamp<uint32_t>(n, 1, kMaxReadLocksPerCall); }
 
@@ -65,7 +53,6 @@ class EventKeys {
     if (wanted_) keys_.push_back(key);
   }
   std::span<const ObjectKey> keys() const { return keys_; }
-  bool empty() const { return keys_.empty(); }
 
  private:
   bool wanted_;
@@ -94,86 +81,113 @@ std::string_view L1ResultName(L1Result result) {
   return "UNKNOWN";
 }
 
-// A shard of the object table. Every state change of a slot goes through these methods so the
-// counters stay exact.
+// One shard of the object table: resident objects and staging buffers in two maps (staging is
+// rare and short-lived, so readers only ever probe the compact resident map). Every state
+// change goes through these methods so the counters stay exact.
 struct alignas(64) L1Manager::Shard {
   mutable Mutex mu;
-  absl::flat_hash_map<ObjectKey, Slot, keys::ObjectKeyHash> slots KVT_GUARDED_BY(mu);
-  uint64_t resident_objects KVT_GUARDED_BY(mu) = 0;
+  memory::Allocator* allocator = nullptr;  // set once at creation
+  absl::flat_hash_map<ObjectKey, Resident, keys::ObjectKeyHash> resident KVT_GUARDED_BY(mu);
+  absl::flat_hash_map<ObjectKey, StagingList, keys::ObjectKeyHash> staging KVT_GUARDED_BY(mu);
   uint64_t temporary_objects KVT_GUARDED_BY(mu) = 0;
   uint64_t resident_bytes KVT_GUARDED_BY(mu) = 0;
   uint64_t staging_objects KVT_GUARDED_BY(mu) = 0;
   uint64_t staging_bytes KVT_GUARDED_BY(mu) = 0;
 
-  Slot* Find(const ObjectKey& key, size_t hash) KVT_REQUIRES(mu) {
-    auto it = slots.find(key, hash);
-    return it == slots.end() ? nullptr : &it->second;
+  Resident* FindResident(const ObjectKey& key, size_t hash) KVT_REQUIRES(mu) {
+    auto it = resident.find(key, hash);
+    return it == resident.end() ? nullptr : &it->second;
+  }
+  StagingList* FindStagingList(const ObjectKey& key, size_t hash) KVT_REQUIRES(mu) {
+    auto it = staging.find(key, hash);
+    return it == staging.end() ? nullptr : &it->second;
+  }
+  Staging* FindStaging(const ObjectKey& key, size_t hash, WriterTag tag) KVT_REQUIRES(mu) {
+    StagingList* list = FindStagingList(key, hash);
+    if (list == nullptr) return nullptr;
+    for (Staging& s : *list) {
+      if (s.tag == tag) return &s;
+    }
+    return nullptr;
+  }
+  bool Exists(const ObjectKey& key, size_t hash) KVT_REQUIRES(mu) {
+    return resident.find(key, hash) != resident.end() || staging.find(key, hash) != staging.end();
   }
 
-  // Moves the resident object out into `freed`.
-  void FreeResident(Slot& slot, std::vector<memory::Allocation>* freed) KVT_REQUIRES(mu) {
-    KVT_DCHECK(slot.resident());
-    --resident_objects;
-    if (slot.temporary) --temporary_objects;
-    resident_bytes -= slot.mem.size();
-    freed->push_back(std::move(slot.mem));
-    slot.read_locks = 0;
-    slot.read_expiry = 0;
-    slot.temporary = false;
+  ObjectView View(const Resident& r) const {
+    return ObjectView{allocator->base() + r.offset, r.size};
   }
 
-  void Admit(Slot& slot, Staging&& staging) KVT_REQUIRES(mu) {
-    KVT_DCHECK(!slot.resident());
-    slot.mem = std::move(staging.mem);
-    slot.temporary = staging.temporary;
-    slot.read_locks = 0;
-    slot.read_expiry = 0;
-    ++resident_objects;
-    if (slot.temporary) ++temporary_objects;
-    resident_bytes += slot.mem.size();
+  // Removes the resident object of `key`, moving its memory into `freed`.
+  void EraseResident(const ObjectKey& key, size_t hash, std::vector<memory::Allocation>* freed)
+      KVT_REQUIRES(mu) {
+    auto it = resident.find(key, hash);
+    KVT_DCHECK(it != resident.end());
+    const Resident& r = it->second;
+    if (r.temporary) --temporary_objects;
+    resident_bytes -= r.size;
+    freed->push_back(allocator->Adopt({r.offset, r.size}));
+    resident.erase(it);
   }
 
-  void AddStaging(Slot& slot, Staging staging) KVT_REQUIRES(mu) {
-    if (!slot.staging) slot.staging = std::make_unique<std::vector<Staging>>();
+  // Makes `staging` the resident object of `key` (which has none).
+  Resident& Admit(const ObjectKey& key, Staging&& staging_buffer) KVT_REQUIRES(mu) {
+    memory::Allocation::Raw raw = staging_buffer.mem.Detach();
+    Resident r;
+    r.offset = raw.offset;
+    r.size = static_cast<uint32_t>(raw.size);
+    r.temporary = staging_buffer.temporary;
+    if (r.temporary) ++temporary_objects;
+    resident_bytes += r.size;
+    auto [it, inserted] = resident.emplace(key, r);
+    KVT_DCHECK(inserted);
+    return it->second;
+  }
+
+  void AddStaging(const ObjectKey& key, Staging s) KVT_REQUIRES(mu) {
     ++staging_objects;
-    staging_bytes += staging.mem.size();
-    slot.staging->push_back(std::move(staging));
+    staging_bytes += s.mem.size();
+    staging[key].push_back(std::move(s));
   }
 
-  // Removes the staging entry `s` (which points into slot.staging) and returns it.
-  Staging TakeStaging(Slot& slot, Staging* s) KVT_REQUIRES(mu) {
+  // Removes `s` (an element of the staging list of `key`) and returns it.
+  Staging TakeStaging(const ObjectKey& key, size_t hash, Staging* s) KVT_REQUIRES(mu) {
+    auto it = staging.find(key, hash);
+    KVT_DCHECK(it != staging.end());
+    StagingList& list = it->second;
     --staging_objects;
     staging_bytes -= s->mem.size();
     Staging out = std::move(*s);
-    auto& v = *slot.staging;
-    size_t i = static_cast<size_t>(s - v.data());
-    v[i] = std::move(v.back());
-    v.pop_back();
-    if (v.empty()) slot.staging.reset();
+    *s = std::move(list.back());
+    list.pop_back();
+    if (list.empty()) staging.erase(it);
     return out;
   }
 
-  // Frees staging entries whose write lock expired (all of them when `all`).
-  void ReclaimStaging(Slot& slot, int64_t now, bool all, std::vector<memory::Allocation>* freed)
-      KVT_REQUIRES(mu) {
-    if (!slot.staging) return;
-    auto& v = *slot.staging;
-    for (size_t i = 0; i < v.size();) {
-      if (all || !v[i].Live(now)) {
-        freed->push_back(TakeStaging(slot, &v[i]).mem);
-        if (!slot.staging) return;
+  // Frees the staging buffers of `key` whose write lock expired (all of them when `all`).
+  void ReclaimStaging(const ObjectKey& key, size_t hash, int64_t now, bool all,
+                      std::vector<memory::Allocation>* freed) KVT_REQUIRES(mu) {
+    auto it = staging.find(key, hash);
+    if (it == staging.end()) return;
+    StagingList& list = it->second;
+    for (size_t i = 0; i < list.size();) {
+      if (all || !list[i].Live(now)) {
+        --staging_objects;
+        staging_bytes -= list[i].mem.size();
+        freed->push_back(std::move(list[i].mem));
+        list[i] = std::move(list.back());
+        list.pop_back();
       } else {
         ++i;
       }
     }
+    if (list.empty()) staging.erase(it);
   }
 
-  // Drops the slot when nothing is left in it. Returns true when the key left L1.
-  bool EraseIfEmpty(const ObjectKey& key, size_t hash) KVT_REQUIRES(mu) {
-    auto it = slots.find(key, hash);
-    if (it == slots.end() || !it->second.Empty()) return false;
-    slots.erase(it);
-    return true;
+  bool HasExpiredStaging(const ObjectKey& key, size_t hash, int64_t now) KVT_REQUIRES(mu) {
+    StagingList* list = FindStagingList(key, hash);
+    return list != nullptr && std::any_of(list->begin(), list->end(),
+                                          [now](const Staging& s) { return !s.Live(now); });
   }
 };
 
@@ -182,10 +196,13 @@ L1Manager::L1Manager(const L1Options& options) : options_(options) {}
 L1Manager::~L1Manager() {
   if (!shards_) return;  // Create failed before the table existed
   // Free every object before the allocator goes away.
+  std::vector<memory::Allocation> freed;
   for (uint32_t i = 0; i < options_.num_shards; ++i) {
     Shard& s = shards_[i];
     MutexLock lock(&s.mu);
-    s.slots.clear();
+    for (auto& [key, r] : s.resident) freed.push_back(allocator_->Adopt({r.offset, r.size}));
+    s.resident.clear();
+    s.staging.clear();
   }
 }
 
@@ -217,6 +234,7 @@ Result<std::unique_ptr<L1Manager>> L1Manager::Create(const L1Options& options) {
       m->allocator_,
       memory::Allocator::Create(m->pool_->data(), options.capacity_bytes, options.alignment));
   m->shards_ = std::make_unique<Shard[]>(options.num_shards);
+  for (uint32_t i = 0; i < options.num_shards; ++i) m->shards_[i].allocator = m->allocator_.get();
   m->shard_shift_ = 64 - std::countr_zero(options.num_shards);
   KVT_LOG_INFO("L1 ready: {} in {} shards, alignment {}, read TTL {}, write TTL {}",
                FormatSize(options.capacity_bytes), options.num_shards, options.alignment,
@@ -273,7 +291,8 @@ bool Wants(uint32_t mask, L1Listener::Event e) { return (mask & e) != 0; }
 
 void L1Manager::ReleaseMemory(std::vector<memory::Allocation>* allocations) {
   if (allocations->empty()) return;
-  allocations->clear();  // frees
+  allocator_->FreeBatch(*allocations);  // one allocator lock for the lot
+  allocations->clear();
   if (memory_waiters_.load(std::memory_order_acquire) > 0) {
     MutexLock lock(&memory_wait_mu_);
     ++memory_free_generation_;
@@ -331,12 +350,11 @@ std::vector<L1Result> L1Manager::ReserveRead(std::span<const ObjectKey> keys, ui
     size_t hash = keys[i].Hash();
     Shard& shard = ShardFor(hash);
     MutexLock lock(&shard.mu);
-    Slot* slot = shard.Find(keys[i], hash);
-    if (slot == nullptr || !slot->resident()) continue;
-    slot->read_locks = slot->ReadLocked(now) ? slot->read_locks + n : n;
-    slot->read_expiry = expiry;
+    Resident* r = shard.FindResident(keys[i], hash);
+    if (r == nullptr) continue;
+    r->Lock(n, now, expiry);
     results[i] = L1Result::kSuccess;
-    if (views) (*views)[i] = slot->View();
+    if (views) (*views)[i] = shard.View(*r);
     reserved.Add(keys[i]);
   }
   KVT_L1_NOTIFY(L1Listener::kReservedRead, OnL1KeysReservedRead, reserved.keys());
@@ -352,14 +370,14 @@ std::vector<L1Result> L1Manager::UnsafeRead(std::span<const ObjectKey> keys,
     size_t hash = keys[i].Hash();
     Shard& shard = ShardFor(hash);
     MutexLock lock(&shard.mu);
-    Slot* slot = shard.Find(keys[i], hash);
-    if (slot == nullptr || !slot->resident()) continue;
-    if (!slot->ReadLocked(now)) {
+    Resident* r = shard.FindResident(keys[i], hash);
+    if (r == nullptr) continue;
+    if (!r->ReadLocked(now)) {
       results[i] = L1Result::kKeyNotReadable;
       continue;
     }
     results[i] = L1Result::kSuccess;
-    if (views) (*views)[i] = slot->View();
+    if (views) (*views)[i] = shard.View(*r);
   }
   return results;
 }
@@ -376,18 +394,18 @@ std::vector<L1Result> L1Manager::FinishRead(std::span<const ObjectKey> keys, uin
     size_t hash = keys[i].Hash();
     Shard& shard = ShardFor(hash);
     MutexLock lock(&shard.mu);
-    Slot* slot = shard.Find(keys[i], hash);
-    if (slot == nullptr || !slot->resident()) continue;
-    if (!slot->ReadLocked(now)) {
+    Resident* r = shard.FindResident(keys[i], hash);
+    if (r == nullptr) continue;
+    if (!r->ReadLocked(now)) {
       results[i] = L1Result::kKeyInWrongState;
       continue;
     }
-    slot->read_locks = slot->read_locks > n ? slot->read_locks - n : 0;
+    r->read_locks = static_cast<uint16_t>(r->read_locks > n ? r->read_locks - n : 0);
     results[i] = L1Result::kSuccess;
     finished.Add(keys[i]);
-    if (slot->read_locks == 0 && slot->temporary) {
-      shard.FreeResident(*slot, &freed);
-      if (shard.EraseIfEmpty(keys[i], hash)) deleted.Add(keys[i]);
+    if (r->read_locks == 0 && r->temporary) {
+      shard.EraseResident(keys[i], hash, &freed);
+      if (!shard.Exists(keys[i], hash)) deleted.Add(keys[i]);
     }
   }
   ReleaseMemory(&freed);
@@ -407,7 +425,7 @@ std::vector<L1Result> L1Manager::ReserveWrite(std::span<const ObjectKey> keys, u
   std::vector<memory::Allocation> freed;
   std::vector<L1Result> results(keys.size(), L1Result::kKeyNotWritable);
   if (views) views->assign(keys.size(), ObjectView{});
-  if (object_size == 0 || object_size > allocator_->capacity()) {
+  if (object_size == 0 || object_size > allocator_->capacity() || object_size > kMaxObjectSize) {
     // Nothing of this size can ever fit; report it as memory pressure per key.
     std::fill(results.begin(), results.end(), L1Result::kOutOfMemory);
     return results;
@@ -420,22 +438,19 @@ std::vector<L1Result> L1Manager::ReserveWrite(std::span<const ObjectKey> keys, u
     size_t hash = keys[i].Hash();
     Shard& shard = ShardFor(hash);
     MutexLock lock(&shard.mu);
-    Slot* slot = shard.Find(keys[i], hash);
-    if (slot != nullptr) {
-      if (slot->resident()) continue;  // kKeyNotWritable
-      if (Staging* s = slot->FindStaging(tag)) {
-        if (s->Live(now)) continue;  // kKeyNotWritable
-        if (s->mem.size() == object_size) {
-          s->write_expiry = expiry;
-          s->temporary = temporary;
-          results[i] = L1Result::kSuccess;
-          if (views) (*views)[i] = ObjectView{s->mem.data(), s->mem.size()};
-          reserved.Add(keys[i]);
-          continue;
-        }
-        freed.push_back(shard.TakeStaging(*slot, s).mem);  // wrong size: replace it
-        if (shard.EraseIfEmpty(keys[i], hash)) deleted.Add(keys[i]);
+    if (shard.FindResident(keys[i], hash) != nullptr) continue;  // kKeyNotWritable
+    if (Staging* s = shard.FindStaging(keys[i], hash, tag)) {
+      if (s->Live(now)) continue;  // kKeyNotWritable
+      if (s->mem.size() == object_size) {
+        s->write_expiry = expiry;
+        s->temporary = temporary;
+        results[i] = L1Result::kSuccess;
+        if (views) (*views)[i] = ObjectView{s->mem.data(), s->mem.size()};
+        reserved.Add(keys[i]);
+        continue;
       }
+      freed.push_back(shard.TakeStaging(keys[i], hash, s).mem);  // wrong size: replace it
+      if (!shard.Exists(keys[i], hash)) deleted.Add(keys[i]);
     }
     fresh.push_back(i);
   }
@@ -457,20 +472,19 @@ std::vector<L1Result> L1Manager::ReserveWrite(std::span<const ObjectKey> keys, u
     size_t hash = keys[i].Hash();
     Shard& shard = ShardFor(hash);
     MutexLock lock(&shard.mu);
-    Slot& slot = shard.slots[keys[i]];
-    if (slot.resident()) {
+    if (shard.FindResident(keys[i], hash) != nullptr) {
       freed.push_back(std::move(buffers[j]));
       continue;  // kKeyNotWritable
     }
-    if (Staging* s = slot.FindStaging(tag)) {
+    if (Staging* s = shard.FindStaging(keys[i], hash, tag)) {
       if (s->Live(now)) {
         freed.push_back(std::move(buffers[j]));
         continue;  // kKeyNotWritable: a racing writer with our tag (or a duplicate key)
       }
-      freed.push_back(shard.TakeStaging(slot, s).mem);
+      freed.push_back(shard.TakeStaging(keys[i], hash, s).mem);
     }
     ObjectView view{buffers[j].data(), buffers[j].size()};
-    shard.AddStaging(slot, Staging{tag, std::move(buffers[j]), expiry, temporary});
+    shard.AddStaging(keys[i], Staging{tag, std::move(buffers[j]), expiry, temporary});
     results[i] = L1Result::kSuccess;
     if (views) (*views)[i] = view;
     reserved.Add(keys[i]);
@@ -506,27 +520,26 @@ std::vector<L1Result> L1Manager::FinishWriteImpl(std::span<const ObjectKey> keys
     size_t hash = keys[i].Hash();
     Shard& shard = ShardFor(hash);
     MutexLock lock(&shard.mu);
-    Slot* slot = shard.Find(keys[i], hash);
-    Staging* s = slot ? slot->FindStaging(tag) : nullptr;
+    Staging* s = shard.FindStaging(keys[i], hash, tag);
     if (s == nullptr) continue;  // kKeyNotExist
     if (!s->Live(now)) {
       results[i] = L1Result::kKeyInWrongState;  // left for reclaim by eviction
       continue;
     }
-    Staging staging = shard.TakeStaging(*slot, s);
+    Staging staging = shard.TakeStaging(keys[i], hash, s);
+    Resident* r = shard.FindResident(keys[i], hash);
     bool admitted = false;
-    if (slot->resident()) {
+    if (r != nullptr) {
       freed.push_back(std::move(staging.mem));  // another writer won; same content by key
     } else {
-      shard.Admit(*slot, std::move(staging));
+      r = &shard.Admit(keys[i], std::move(staging));
       admitted = true;
     }
     if (lock_for_read) {
-      slot->read_locks = slot->ReadLocked(now) ? slot->read_locks + n : n;
-      slot->read_expiry = read_expiry;
-      if (views) (*views)[i] = slot->View();
+      r->Lock(n, now, read_expiry);
+      if (views) (*views)[i] = shard.View(*r);
       written.Add(keys[i]);
-    } else if (admitted && !slot->temporary) {
+    } else if (admitted && !r->temporary) {
       written.Add(keys[i]);
     }
     results[i] = L1Result::kSuccess;
@@ -551,12 +564,11 @@ std::vector<L1Result> L1Manager::FinishWriteAndDelete(std::span<const ObjectKey>
     size_t hash = keys[i].Hash();
     Shard& shard = ShardFor(hash);
     MutexLock lock(&shard.mu);
-    Slot* slot = shard.Find(keys[i], hash);
-    Staging* s = slot ? slot->FindStaging(tag) : nullptr;
+    Staging* s = shard.FindStaging(keys[i], hash, tag);
     if (s == nullptr) continue;
-    freed.push_back(shard.TakeStaging(*slot, s).mem);
+    freed.push_back(shard.TakeStaging(keys[i], hash, s).mem);
     results[i] = L1Result::kSuccess;
-    if (shard.EraseIfEmpty(keys[i], hash)) deleted.Add(keys[i]);
+    if (!shard.Exists(keys[i], hash)) deleted.Add(keys[i]);
   }
   ReleaseMemory(&freed);
   KVT_L1_NOTIFY(L1Listener::kDeleted, OnL1KeysDeleted, deleted.keys());
@@ -573,22 +585,21 @@ std::vector<L1Result> L1Manager::Delete(std::span<const ObjectKey> keys, bool fo
     size_t hash = keys[i].Hash();
     Shard& shard = ShardFor(hash);
     MutexLock lock(&shard.mu);
-    Slot* slot = shard.Find(keys[i], hash);
-    if (slot == nullptr) continue;
-    shard.ReclaimStaging(*slot, now, /*all=*/force, &freed);
+    if (!shard.Exists(keys[i], hash)) continue;
+    shard.ReclaimStaging(keys[i], hash, now, /*all=*/force, &freed);
     bool freed_resident = false;
-    if (slot->resident()) {
-      if (!force && slot->ReadLocked(now)) {
+    if (Resident* r = shard.FindResident(keys[i], hash)) {
+      if (!force && r->ReadLocked(now)) {
         results[i] = L1Result::kKeyIsLocked;
         continue;
       }
-      shard.FreeResident(*slot, &freed);
+      shard.EraseResident(keys[i], hash, &freed);
       freed_resident = true;
     }
     // Only a live staging buffer is left when nothing was freed: a writer holds the key.
-    results[i] =
-        freed_resident || !slot->HasStaging() ? L1Result::kSuccess : L1Result::kKeyIsLocked;
-    if (shard.EraseIfEmpty(keys[i], hash)) deleted.Add(keys[i]);
+    bool still_staged = shard.FindStagingList(keys[i], hash) != nullptr;
+    results[i] = freed_resident || !still_staged ? L1Result::kSuccess : L1Result::kKeyIsLocked;
+    if (!still_staged) deleted.Add(keys[i]);
   }
   ReleaseMemory(&freed);
   KVT_L1_NOTIFY(L1Listener::kDeleted, OnL1KeysDeleted, deleted.keys());
@@ -605,16 +616,20 @@ uint64_t L1Manager::Clear(bool force) {
     std::vector<memory::Allocation> freed;
     {
       MutexLock lock(&shard.mu);
-      for (auto it = shard.slots.begin(); it != shard.slots.end();) {
-        Slot& slot = it->second;
-        shard.ReclaimStaging(slot, now, force, &freed);
-        if (slot.resident() && (force || !slot.ReadLocked(now))) shard.FreeResident(slot, &freed);
-        if (slot.Empty()) {
+      std::vector<ObjectKey> candidates;
+      candidates.reserve(shard.resident.size() + shard.staging.size());
+      for (const auto& [key, r] : shard.resident) candidates.push_back(key);
+      for (const auto& [key, list] : shard.staging) {
+        if (!shard.resident.contains(key)) candidates.push_back(key);
+      }
+      for (const ObjectKey& key : candidates) {
+        size_t hash = key.Hash();
+        shard.ReclaimStaging(key, hash, now, force, &freed);
+        Resident* r = shard.FindResident(key, hash);
+        if (r != nullptr && (force || !r->ReadLocked(now))) shard.EraseResident(key, hash, &freed);
+        if (!shard.Exists(key, hash)) {
           ++count;
-          deleted.Add(it->first);
-          shard.slots.erase(it++);
-        } else {
-          ++it;
+          deleted.Add(key);
         }
       }
     }
@@ -633,24 +648,22 @@ bool L1Manager::IsKeyEvictable(const ObjectKey& key) const {
   size_t hash = key.Hash();
   Shard& shard = ShardFor(hash);
   MutexLock lock(&shard.mu);
-  Slot* slot = shard.Find(key, hash);
-  if (slot == nullptr) return false;
-  return (slot->resident() && !slot->ReadLocked(now)) || slot->HasExpiredStaging(now);
+  Resident* r = shard.FindResident(key, hash);
+  return (r != nullptr && !r->ReadLocked(now)) || shard.HasExpiredStaging(key, hash, now);
 }
 
 bool L1Manager::Contains(const ObjectKey& key) const {
   size_t hash = key.Hash();
   Shard& shard = ShardFor(hash);
   MutexLock lock(&shard.mu);
-  Slot* slot = shard.Find(key, hash);
-  return slot != nullptr && slot->resident();
+  return shard.FindResident(key, hash) != nullptr;
 }
 
 bool L1Manager::Exists(const ObjectKey& key) const {
   size_t hash = key.Hash();
   Shard& shard = ShardFor(hash);
   MutexLock lock(&shard.mu);
-  return shard.Find(key, hash) != nullptr;
+  return shard.Exists(key, hash);
 }
 
 L1Status L1Manager::GetStatus() const {
@@ -659,22 +672,22 @@ L1Status L1Manager::GetStatus() const {
   for (uint32_t si = 0; si < options_.num_shards; ++si) {
     Shard& shard = shards_[si];
     MutexLock lock(&shard.mu);
-    st.resident_objects += shard.resident_objects;
+    st.resident_objects += shard.resident.size();
     st.temporary_objects += shard.temporary_objects;
     st.resident_bytes += shard.resident_bytes;
     st.staging_objects += shard.staging_objects;
     st.staging_bytes += shard.staging_bytes;
-    for (const auto& [key, slot] : shard.slots) {
-      if (slot.resident() && slot.ReadLocked(now)) ++st.read_locked_objects;
-      if (slot.staging) {
-        for (const Staging& s : *slot.staging) st.live_staging_objects += s.Live(now) ? 1 : 0;
-      }
+    for (const auto& [key, r] : shard.resident) st.read_locked_objects += r.ReadLocked(now) ? 1 : 0;
+    for (const auto& [key, list] : shard.staging) {
+      for (const Staging& s : list) st.live_staging_objects += s.Live(now) ? 1 : 0;
     }
   }
   memory::AllocatorStats a = allocator_->Stats();
   st.used_bytes = a.used_bytes;
   st.capacity_bytes = a.capacity_bytes;
-  st.usage_ratio = a.capacity_bytes ? static_cast<double>(a.used_bytes) / a.capacity_bytes : 0;
+  st.usage_ratio = a.capacity_bytes
+                       ? static_cast<double>(a.used_bytes) / static_cast<double>(a.capacity_bytes)
+                       : 0;
   st.allocation_failures = a.failed_allocations;
   st.healthy = allocator_->CheckConsistency().ok();
   st.read_ttl = options_.read_ttl;

@@ -61,6 +61,8 @@ inline constexpr WriterTag kDefaultWriter = 0;
 
 // Read locks per call are clamped to [1, kMaxReadLocksPerCall].
 inline constexpr uint32_t kMaxReadLocksPerCall = 128;
+// The largest object L1 stores (one chunk of KV is tens of MiB at most).
+inline constexpr uint64_t kMaxObjectSize = (1ULL << 32) - 1;
 
 // Bytes of one object in the pool. Valid while the caller holds the lock it got it with.
 struct ObjectView {
@@ -165,7 +167,8 @@ class L1Manager {
   // Resident -> kKeyNotWritable; live staging of the same tag -> kKeyNotWritable; expired
   // staging of the same tag and size -> that buffer is handed over (re-locked), kSuccess.
   // All new buffers are allocated as one batch: if it does not fit, every new key gets
-  // kOutOfMemory (after waiting up to allocation_wait for eviction).
+  // kOutOfMemory (after waiting up to allocation_wait for eviction). A size of 0, above the
+  // capacity or above kMaxObjectSize can never fit: kOutOfMemory for every key.
   std::vector<L1Result> ReserveWrite(std::span<const ObjectKey> keys, uint64_t object_size,
                                      bool temporary, WriterTag tag, std::vector<ObjectView>* views);
 

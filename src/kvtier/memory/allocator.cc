@@ -192,6 +192,20 @@ uint8_t* Allocation::data() const {
   return allocator_->base() + offset_;
 }
 
+Allocation::Raw Allocation::Detach() {
+  Raw raw{offset_, size_};
+  allocator_ = nullptr;
+  offset_ = 0;
+  size_ = 0;
+  return raw;
+}
+
+Allocation Allocator::Adopt(Allocation::Raw raw) {
+  KVT_DCHECK(raw.size > 0 && raw.offset % alignment_ == 0 &&
+             raw.offset + RoundUp(raw.size) <= capacity_);
+  return Allocation(this, raw.offset, raw.size);
+}
+
 void Allocation::Reset() {
   if (allocator_ == nullptr) return;
   Allocator* allocator = std::exchange(allocator_, nullptr);

@@ -38,6 +38,16 @@ class Allocation {
   // Frees now (no-op when empty).
   void Reset();
 
+  // Gives up ownership without freeing and returns what was owned. The caller must hand it back
+  // exactly once through Allocator::Adopt, which makes a handle again (and so frees it in the
+  // end). For compact owners, such as the L1 table, that keep 16 bytes per object instead of a
+  // handle.
+  struct Raw {
+    uint64_t offset = 0;
+    uint64_t size = 0;
+  };
+  Raw Detach();
+
  private:
   friend class Allocator;
   Allocation(Allocator* allocator, uint64_t offset, uint64_t size)
@@ -88,6 +98,10 @@ class Allocator {
   // Frees every non-empty allocation in `allocations` (all from this allocator) under one lock
   // acquisition and leaves them empty.
   void FreeBatch(std::span<Allocation> allocations);
+
+  // Re-wraps what Allocation::Detach returned. `raw` must come from this allocator and be
+  // adopted once.
+  Allocation Adopt(Allocation::Raw raw);
 
   AllocatorStats Stats() const;
   uint64_t used_bytes() const;  // cheap (an atomic read); Stats() takes the lock

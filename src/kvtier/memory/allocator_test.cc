@@ -522,3 +522,27 @@ TEST(AllocatorTest, MixedSizesFailOnlyWhenNoExtentFits) {
 
 }  // namespace
 }  // namespace kvtier::memory
+
+namespace kvtier::memory {
+namespace {
+
+TEST(AllocatorOwnershipTest, DetachAndAdoptTransferOwnershipOnce) {
+  auto allocator = Allocator::Create(nullptr, 16 * 4096, 4096).value();
+  Allocation a = allocator->Allocate(5000).value();
+  const uint64_t offset = a.offset();
+  Allocation::Raw raw = a.Detach();
+  EXPECT_FALSE(a);  // the handle no longer owns anything
+  EXPECT_EQ(raw.offset, offset);
+  EXPECT_EQ(raw.size, 5000u);
+  EXPECT_EQ(allocator->used_bytes(), 2 * 4096u);  // still reserved while detached
+  {
+    Allocation back = allocator->Adopt(raw);
+    EXPECT_EQ(back.offset(), offset);
+    EXPECT_EQ(back.size(), 5000u);
+  }
+  EXPECT_EQ(allocator->used_bytes(), 0u);
+  EXPECT_TRUE(allocator->CheckConsistency().ok());
+}
+
+}  // namespace
+}  // namespace kvtier::memory
