@@ -25,6 +25,7 @@ TEST(FakeClockTest, ConcurrentAdvancesAllCount) {
   FakeClock clock;
   TimePoint t0 = clock.Now();
   std::vector<std::thread> threads;
+  threads.reserve(4);
   for (int i = 0; i < 4; ++i) {
     threads.emplace_back([&] {
       for (int j = 0; j < 1000; ++j) clock.Advance(1ns);

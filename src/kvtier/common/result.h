@@ -57,6 +57,7 @@ struct ReturnedError {
 // functions returning Status or Result<U> (any U).
 #define KVT_ASSIGN_OR_RETURN(lhs, expr) \
   KVT_ASSIGN_OR_RETURN_IMPL(KVT_CONCAT(kvt_result_, __LINE__), lhs, expr)
+// NOLINTNEXTLINE(bugprone-macro-parentheses): `lhs` is a declaration, `tmp` a name.
 #define KVT_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr)                             \
   auto tmp = (expr);                                                          \
   if (!tmp) return ::kvtier::internal::ReturnedError{std::move(tmp).error()}; \

@@ -59,7 +59,7 @@ Status& Status::operator=(const Status& other) {
 }
 
 std::string_view Status::message() const noexcept {
-  return state_ ? std::string_view(state_->message) : std::string_view();
+  return state_ ? std::string_view{state_->message} : std::string_view{};
 }
 
 std::string Status::ToString() const {

@@ -10,7 +10,6 @@
 namespace kvtier::eviction {
 
 using keys::ObjectKey;
-using l1::L1Listener;
 using l1::L1Result;
 
 Result<std::unique_ptr<L1EvictionController>> L1EvictionController::Create(
@@ -85,9 +84,9 @@ void L1EvictionController::Loop() {
 }
 
 uint32_t L1EvictionController::events() const {
-  return L1Listener::kReservedWrite | L1Listener::kWriteFinished |
-         L1Listener::kWriteFinishedAndReadReserved | L1Listener::kDeleted | L1Listener::kAccessed |
-         L1Listener::kAllocationFailed;
+  return l1::L1Listener::kReservedWrite | l1::L1Listener::kWriteFinished |
+         l1::L1Listener::kWriteFinishedAndReadReserved | l1::L1Listener::kDeleted | l1::L1Listener::kAccessed |
+         l1::L1Listener::kAllocationFailed;
 }
 
 void L1EvictionController::Enqueue(Kind kind, std::span<const ObjectKey> keys) {

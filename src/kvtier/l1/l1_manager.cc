@@ -506,8 +506,9 @@ std::vector<L1Result> L1Manager::FinishWriteAndReserveRead(std::span<const Objec
 }
 
 std::vector<L1Result> L1Manager::FinishWriteImpl(std::span<const ObjectKey> keys, WriterTag tag,
-                                                 bool lock_for_read, uint32_t n,
+                                                 bool lock_for_read, uint32_t read_locks,
                                                  std::vector<ObjectView>* views) {
+  const uint32_t n = read_locks;
   const int64_t now = options_.clock->NowNanos();
   const int64_t read_expiry = now + options_.read_ttl.count();
   const uint32_t wanted = listener_events_.load(std::memory_order_acquire);
