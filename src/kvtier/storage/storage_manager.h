@@ -54,6 +54,9 @@ class StorageManager {
 
   // Stops everything in order (see above). Idempotent.
   void Close();
+  // Waits until everything admitted to L1 so far reached L2 (or failed): see
+  // StoreController::Flush. A graceful shutdown calls it before Close.
+  bool FlushToL2(Timeout timeout) { return store_->Flush(timeout); }
 
   // The store path: stage, fill, admit (or abort). Admitted objects go to L2 in the
   // background. Keys already resident or being written report kKeyNotWritable: skip them.

@@ -96,6 +96,7 @@ void StoreController::OnL1KeysWriteFinished(std::span<const ObjectKey> keys) {
   {
     MutexLock lock(&mu_);
     keys_received_ += keys.size();
+    idle_ = false;
     for (const ObjectKey& k : keys) pending_.push_back(k);
     if (pending_.size() > options_.max_pending_keys) {
       size_t excess = pending_.size() - options_.max_pending_keys;
@@ -142,6 +143,20 @@ void StoreController::Step() {
     KVT_LOG_ERROR("store controller: unexpected error, continuing");
   }
   in_flight_count_.store(in_flight_.size());
+  MutexLock lock(&mu_);
+  idle_ = pending_.empty() && in_flight_.empty();
+  if (idle_) idle_cv_.NotifyAll();
+}
+
+bool StoreController::Flush(Timeout timeout) {
+  TimePoint deadline = DeadlineFrom(timeout);
+  wake_.Signal();
+  MutexLock lock(&mu_);
+  while (!idle_) {
+    if (!idle_cv_.WaitUntil(&mu_, deadline) && std::chrono::steady_clock::now() >= deadline)
+      return idle_;
+  }
+  return true;
 }
 
 void StoreController::ProcessNewKeys() {

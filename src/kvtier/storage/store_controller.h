@@ -81,6 +81,11 @@ class StoreController final : public l1::L1Listener {
   // while the thread runs).
   void RunOnce();
 
+  // Waits until every key received so far is stored (or failed) and no task is in flight, so
+  // a graceful shutdown loses nothing that L2 could take. Needs the thread running. False on
+  // timeout.
+  bool Flush(Timeout timeout);
+
   StoreControllerStats stats() const;
   nlohmann::json StatusJson() const;
 
@@ -114,6 +119,8 @@ class StoreController final : public l1::L1Listener {
   sync::EventFd stop_fd_;
 
   mutable Mutex mu_;
+  CondVar idle_cv_;
+  bool idle_ KVT_GUARDED_BY(mu_) = true;  // nothing pending, nothing in flight
   std::deque<keys::ObjectKey> pending_ KVT_GUARDED_BY(mu_);
   uint64_t keys_received_ KVT_GUARDED_BY(mu_) = 0;
   uint64_t keys_dropped_ KVT_GUARDED_BY(mu_) = 0;
