@@ -173,12 +173,11 @@ void L2Adapter::CompleteStore(TaskId task, Status status, std::span<const Object
   {
     MutexLock lock(&mu_);
     if (!End(task)) return;  // cancelled or failed by Close
-    if (status.ok()) {
-      Account(stored_keys, stored_sizes, /*add=*/true);
-      counters_.store_bytes += bytes;
-    } else {
-      ++counters_.store_tasks_failed;
-    }
+    // Keys a failed task stored anyway (part of a batch) exist all the same: account them, as
+    // the listeners below are told, so a later deletion does not drive the accounts negative.
+    Account(stored_keys, stored_sizes, /*add=*/true);
+    counters_.store_bytes += bytes;
+    if (!status.ok()) ++counters_.store_tasks_failed;
     completed_stores_.push_back(StoreResult{task, std::move(status), bytes});
   }
   if (!stored_keys.empty()) {

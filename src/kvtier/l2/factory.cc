@@ -1,0 +1,68 @@
+#include "kvtier/l2/factory.h"
+
+#include <fmt/format.h>
+
+#include "kvtier/l2/fault_inject_adapter.h"
+#include "kvtier/l2/mock_adapter.h"
+
+namespace kvtier::l2 {
+
+namespace {
+
+std::string KnownTypes() {
+  std::string known;
+  for (const AdapterType& t : AdapterTypes()) known += (known.empty() ? "" : ", ") + t.type;
+  return known;
+}
+
+}  // namespace
+
+const std::vector<AdapterType>& AdapterTypes() {
+  // One entry per type; adapters in subdirectories add theirs here as they land.
+  static const std::vector<AdapterType> kTypes = {
+      {"mock", "in-memory reference adapter: capacity (required), bandwidth (bytes/s), latency",
+       MakeMockAdapter},
+      {"fault_inject",
+       "wraps an adapter ('inner') and injects failures, hangs and delays: "
+       "store_failure_rate, load_failure_rate, lookup_failure_rate, hang_rate, delay, seed",
+       MakeFaultInjectAdapter},
+  };
+  return kTypes;
+}
+
+Result<std::unique_ptr<L2Adapter>> MakeL2Adapter(const nlohmann::json& config, size_t index) {
+  const std::string where = fmt::format("L2 adapter #{}", index);
+  if (!config.is_object()) {
+    return MakeError(Status::InvalidArgument(
+        fmt::format("{}: expected a JSON object, got {}", where, config.dump())));
+  }
+  auto type_it = config.find("type");
+  if (type_it == config.end() || !type_it->is_string()) {
+    return MakeError(Status::InvalidArgument(
+        fmt::format("{}: 'type' (a string) is required; known types: {}", where, KnownTypes())));
+  }
+  const std::string type = type_it->get<std::string>();
+  const AdapterType* entry = nullptr;
+  for (const AdapterType& t : AdapterTypes()) {
+    if (t.type == type) entry = &t;
+  }
+  if (entry == nullptr) {
+    return MakeError(Status::InvalidArgument(
+        fmt::format("{}: unknown type '{}'; known types: {}", where, type, KnownTypes())));
+  }
+  std::string name = fmt::format("{}{}", type, index);
+  if (auto name_it = config.find("name"); name_it != config.end()) {
+    if (!name_it->is_string() || name_it->get<std::string>().empty()) {
+      return MakeError(Status::InvalidArgument(
+          fmt::format("{}: 'name' must be a non-empty string, got {}", where, name_it->dump())));
+    }
+    name = name_it->get<std::string>();
+  }
+  nlohmann::json rest = config;
+  rest.erase("type");
+  rest.erase("name");
+  rest.erase("eviction");  // the storage layer's
+  return entry->make(rest, name);
+}
+
+}  // namespace kvtier::l2
