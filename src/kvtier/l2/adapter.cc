@@ -68,6 +68,10 @@ std::vector<StoreResult> L2Adapter::PopCompletedStores() {
 
 TaskId L2Adapter::SubmitLookupAndLock(std::span<const ObjectKey> keys) {
   TaskId task = Begin(Kind::kLookup, keys.size());
+  {
+    MutexLock lock(&mu_);
+    lookup_keys_.emplace(task, std::vector<ObjectKey>(keys.begin(), keys.end()));
+  }
   if (closed_.load(std::memory_order_acquire)) {
     CompleteLookup(task, Bitmap(keys.size()));
   } else {
@@ -82,7 +86,22 @@ std::optional<Bitmap> L2Adapter::QueryLookupAndLockResult(TaskId task) {
   if (it == completed_lookups_.end()) return std::nullopt;
   Bitmap result = std::move(it->second);
   completed_lookups_.erase(it);
+  lookup_keys_.erase(task);
   return result;
+}
+
+std::vector<ObjectKey> L2Adapter::DropLookup(TaskId task) {
+  std::vector<ObjectKey> found;
+  auto keys = lookup_keys_.find(task);
+  auto done = completed_lookups_.find(task);
+  if (keys != lookup_keys_.end() && done != completed_lookups_.end()) {
+    for (size_t i = 0; i < done->second.size() && i < keys->second.size(); ++i) {
+      if (done->second.Test(i)) found.push_back(keys->second[i]);
+    }
+  }
+  if (done != completed_lookups_.end()) completed_lookups_.erase(done);
+  if (keys != lookup_keys_.end()) lookup_keys_.erase(keys);
+  return found;
 }
 
 void L2Adapter::SubmitUnlock(std::span<const ObjectKey> keys) {
@@ -112,24 +131,42 @@ std::optional<Bitmap> L2Adapter::QueryLoadResult(TaskId task) {
 }
 
 bool L2Adapter::Cancel(TaskId task) {
+  std::vector<ObjectKey> unlock;
+  bool finished;
   {
     MutexLock lock(&mu_);
-    if (!in_flight_.contains(task)) {
-      // Finished already (or unknown): drop a result nobody will collect.
-      completed_lookups_.erase(task);
+    finished = !in_flight_.contains(task);
+    if (finished) {
+      // Finished already (or unknown): drop a result nobody will collect, and the locks a
+      // lookup took.
+      unlock = DropLookup(task);
       completed_loads_.erase(task);
       std::erase_if(completed_stores_, [task](const StoreResult& r) { return r.task == task; });
-      return true;
     }
   }
+  if (finished) {
+    if (!unlock.empty()) SubmitUnlock(unlock);
+    return true;
+  }
   if (!DoCancel(task)) return false;
-  MutexLock lock(&mu_);
-  if (End(task)) ++counters_.cancelled_tasks;
-  // A completion that raced the cancel may have landed: drop it too.
-  completed_lookups_.erase(task);
-  completed_loads_.erase(task);
-  std::erase_if(completed_stores_, [task](const StoreResult& r) { return r.task == task; });
+  {
+    MutexLock lock(&mu_);
+    if (End(task)) ++counters_.cancelled_tasks;
+    // A completion that raced the cancel may have landed: drop it too.
+    unlock = DropLookup(task);
+    completed_loads_.erase(task);
+    std::erase_if(completed_stores_, [task](const StoreResult& r) { return r.task == task; });
+  }
+  if (!unlock.empty()) SubmitUnlock(unlock);
   return true;
+}
+
+Status L2Adapter::Start() {
+  if (started_.exchange(true)) return Status::OK();
+  if (closed_.load(std::memory_order_acquire)) {
+    return Status::Unavailable(fmt::format("L2 adapter {} is closed", name_));
+  }
+  return DoStart().WithContext(fmt::format("starting L2 adapter {}", name_));
 }
 
 Result<Bitmap> L2Adapter::Delete(std::span<const ObjectKey> keys, bool force) {
@@ -294,6 +331,7 @@ void L2Adapter::Close() {
           break;
         case Kind::kLookup:
           completed_lookups_.emplace(task, Bitmap());
+          lookup_keys_.erase(task);  // the adapter is closed: its locks are moot
           break;
         case Kind::kLoad:
           completed_loads_.emplace(task, Bitmap());

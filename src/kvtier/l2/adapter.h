@@ -17,6 +17,9 @@
 // Locks: lookup-and-lock takes, per key found, a lock that keeps the adapter from evicting or
 // deleting the key until SubmitUnlock. Thread-safe: the store and prefetch controllers call
 // an adapter from different threads.
+//
+// Lifecycle: make (factory) -> AddListener -> Start (start-up work such as the fs recovery
+// scan, reported to the listeners) -> use -> Close.
 #pragma once
 
 #include <atomic>
@@ -72,8 +75,10 @@ struct AdapterCounters {
   uint64_t in_flight_tasks = 0;  // submitted, not yet completed or cancelled
 };
 
-// Observers of what the adapter holds (the L2 eviction controller). Called with no adapter lock
-// held, from any thread; must be quick (enqueue and signal).
+// Observers of what the adapter holds (the L2 eviction controller). Called from any thread,
+// possibly under an adapter's internal ordering lock (so that a key's store and deletion reach
+// listeners in order): must be quick (enqueue and signal) and must not call back into the
+// adapter, except for the read-only Usage() and Counters().
 class L2Listener {
  public:
   virtual ~L2Listener() = default;
@@ -113,7 +118,7 @@ class L2Adapter {
   // Releases one lock per key. Fire and forget; unknown keys are ignored.
   void SubmitUnlock(std::span<const ObjectKey> keys);
 
-  // Loads keys[i] into buffers[i] (which must be at least the stored size).
+  // Loads keys[i] into buffers[i]. A key whose stored size differs from its buffer's size fails.
   TaskId SubmitLoad(std::span<const ObjectKey> keys, std::span<const std::span<uint8_t>> buffers);
   // Per-key success bitmap once finished, exactly once (as QueryLookupAndLockResult). A key
   // whose data is missing, corrupt or of the wrong size is a failure, never garbage.
@@ -121,11 +126,13 @@ class L2Adapter {
 
   // Gives up on a task. True when the adapter will not touch the task's buffers any more (the
   // caller may release them) and the task will never be reported; false when its I/O is in
-  // progress (the caller must keep the buffers until it completes). Unknown tasks: true.
+  // progress (the caller must keep the buffers until it completes). Unknown tasks: true. A
+  // lookup that finished but was not collected is dropped and the locks it took released.
   bool Cancel(TaskId task);
 
-  // Deletes keys now (synchronous). Locked keys are skipped unless `force`. Bit i: keys[i]
-  // was deleted.
+  // Deletes keys now (synchronous). Locked keys are skipped unless `force`. Bit i: keys[i] is
+  // not stored any more (deleted now, or absent already); a clear bit means it stays (locked,
+  // or its deletion failed).
   Result<Bitmap> Delete(std::span<const ObjectKey> keys, bool force = false);
 
   // Keys of one model, a page at a time; "" starts. kNotSupported for adapters that cannot.
@@ -137,8 +144,12 @@ class L2Adapter {
   nlohmann::json StatusJson() const;
   bool healthy() const;
 
-  // Listeners are added before the adapter is shared between threads and must outlive it.
+  // Listeners are added before Start and must outlive the adapter.
   void AddListener(L2Listener* listener);
+  // The adapter's start-up work (the fs adapter's recovery scan reports existing keys to the
+  // listeners here). Call once, after AddListener and before sharing the adapter. An adapter
+  // works without it, only without that start-up work. Idempotent.
+  Status Start();
 
   // Stops the adapter's threads. Tasks not finished complete as failed (stores) or empty
   // (lookups, loads) and never touch their buffers afterwards. Idempotent; the destructor of
@@ -162,6 +173,7 @@ class L2Adapter {
   virtual Result<KeyPage> DoListKeys(std::string_view model_name, size_t page_size,
                                      std::string_view cursor);
   virtual void DoClose() = 0;
+  virtual Status DoStart() { return Status::OK(); }
   virtual bool DoHealthy() const { return true; }
   // Adapter-specific fields merged into StatusJson().
   virtual void DoStatusJson(nlohmann::json* out) const {}
@@ -186,11 +198,14 @@ class L2Adapter {
   sync::EventFd store_fd_, lookup_fd_, load_fd_;
   std::atomic<TaskId> next_task_{1};
   std::atomic<bool> closed_{false};
+  std::atomic<bool> started_{false};
 
   enum class Kind : uint8_t { kStore, kLookup, kLoad };
   TaskId Begin(Kind kind, size_t keys);
   // Removes `task` from the in-flight set; false when it is not there (cancelled or closed).
   bool End(TaskId task) KVT_REQUIRES(mu_);
+  // Removes a lookup's result and keys; returns the keys it found (and locked).
+  std::vector<ObjectKey> DropLookup(TaskId task) KVT_REQUIRES(mu_);
   void Account(std::span<const ObjectKey> keys, std::span<const uint64_t> sizes, bool add)
       KVT_REQUIRES(mu_);
 
@@ -198,6 +213,9 @@ class L2Adapter {
   absl::flat_hash_map<TaskId, Kind> in_flight_ KVT_GUARDED_BY(mu_);
   std::vector<StoreResult> completed_stores_ KVT_GUARDED_BY(mu_);
   absl::flat_hash_map<TaskId, Bitmap> completed_lookups_ KVT_GUARDED_BY(mu_);
+  // The keys of each lookup until its result is collected: a cancelled finished lookup's locks
+  // are released through them.
+  absl::flat_hash_map<TaskId, std::vector<ObjectKey>> lookup_keys_ KVT_GUARDED_BY(mu_);
   absl::flat_hash_map<TaskId, Bitmap> completed_loads_ KVT_GUARDED_BY(mu_);
   uint64_t used_bytes_ KVT_GUARDED_BY(mu_) = 0;
   absl::flat_hash_map<keys::NamespaceId, uint64_t> bytes_by_namespace_ KVT_GUARDED_BY(mu_);

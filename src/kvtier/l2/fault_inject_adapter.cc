@@ -416,6 +416,8 @@ Result<KeyPage> FaultInjectAdapter::DoListKeys(std::string_view model_name, size
   return inner_->ListKeys(model_name, page_size, cursor);
 }
 
+Status FaultInjectAdapter::DoStart() { return inner_->Start(); }
+
 void FaultInjectAdapter::DoClose() {
   {
     MutexLock lock(&mu_);

@@ -80,6 +80,8 @@ class FaultInjectAdapter final : public L2Adapter, private L2Listener {
   Result<KeyPage> DoListKeys(std::string_view model_name, size_t page_size,
                              std::string_view cursor) override;
   void DoClose() override;
+  // Starts the inner adapter, whose start-up notifications this wrapper relays.
+  Status DoStart() override;
   bool DoHealthy() const override;
   void DoStatusJson(nlohmann::json* out) const override;
 

@@ -265,7 +265,11 @@ Result<Bitmap> MockAdapter::DoDelete(std::span<const ObjectKey> keys, bool force
     MutexLock lock(&mu_);
     for (size_t i = 0; i < keys.size(); ++i) {
       auto it = objects_.find(keys[i]);
-      if (it == objects_.end() || (!force && locks_.IsLocked(keys[i]))) continue;
+      if (it == objects_.end()) {
+        deleted.Set(i);  // not stored: nothing to delete
+        continue;
+      }
+      if (!force && locks_.IsLocked(keys[i])) continue;
       gone.push_back(keys[i]);
       sizes.push_back(it->second.data.size());
       Erase(keys[i]);

@@ -37,6 +37,8 @@ Result<std::unique_ptr<StorageManager>> StorageManager::Create(const StorageOpti
             fmt::format("two L2 adapters are named '{}'", adapter->name())));
       }
     }
+    // Listeners are attached: start-up work (e.g. the fs recovery scan) reaches them.
+    KVT_RETURN_IF_ERROR(adapter->Start());
     raw.push_back(adapter.get());
     m->adapters_.push_back(std::move(adapter));
   }

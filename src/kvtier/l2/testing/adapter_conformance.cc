@@ -428,13 +428,26 @@ TEST_P(AdapterConformanceTest, LocksAreCounted) {
   adapter().SubmitUnlock(keys);  // unknown keys are ignored
 }
 
-TEST_P(AdapterConformanceTest, DeleteOfAbsentKeysClearsTheirBits) {
+TEST_P(AdapterConformanceTest, DeleteReportsAbsentKeysAsGone) {
   auto keys = TestKeys(2);
   ASSERT_TRUE(StoreAndWait(adapter(), Pick(keys, {1}), Objects(Pick(keys, {1}))).status.ok());
   auto r = adapter().Delete(keys);
   ASSERT_TRUE(r.has_value()) << r.error().ToString();
-  EXPECT_EQ(r->ToString(), "01");
+  EXPECT_EQ(r->ToString(), "11");  // bit = "not stored after the call"
+  EXPECT_EQ(adapter().Delete(keys).value().ToString(), "11");
   EXPECT_EQ(adapter().Usage().used_bytes, 0u);
+}
+
+TEST_P(AdapterConformanceTest, CancellingAFinishedLookupReleasesItsLocks) {
+  auto keys = TestKeys(2);
+  ASSERT_TRUE(StoreAndWait(adapter(), keys, Objects(keys)).status.ok());
+  CompletionWaiter waiter(&adapter());
+  TaskId lookup = adapter().SubmitLookupAndLock(keys);
+  ASSERT_TRUE(
+      WaitForCondition(adapter(), [&] { return adapter().Counters().in_flight_tasks == 0; }));
+  EXPECT_TRUE(adapter().Cancel(lookup));  // finished, never collected
+  EXPECT_FALSE(adapter().QueryLookupAndLockResult(lookup).has_value());
+  EXPECT_EQ(adapter().Delete(keys).value().ToString(), "11");  // nothing left locked
 }
 
 TEST_P(AdapterConformanceTest, QueryResultsAreOneShot) {
