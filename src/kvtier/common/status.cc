@@ -37,6 +37,9 @@ std::string StatusCodeName(StatusCode code) {
     KVT_STATUS_NAME(L1KeyNotWritable)
     KVT_STATUS_NAME(L1KeyInWrongState)
     KVT_STATUS_NAME(L1KeyIsLocked)
+    KVT_STATUS_NAME(ProtocolError)
+    KVT_STATUS_NAME(UnsupportedVersion)
+    KVT_STATUS_NAME(UnknownOpcode)
 #undef KVT_STATUS_NAME
   }
   return fmt::format("Unknown({})", static_cast<int32_t>(code));

@@ -48,8 +48,12 @@ enum class StatusCode : int32_t {
   kL1KeyNotWritable = 402,
   kL1KeyInWrongState = 403,
   kL1KeyIsLocked = 404,
-  // l2/ (500-599), storage/ (600-699), transfer/ (700-799), server/protocol (800-899),
-  // cluster/ (900-999) are reserved for their modules.
+  // server/protocol (800-899).
+  kProtocolError = 800,       // a malformed message
+  kUnsupportedVersion = 801,  // a protocol version the peer does not speak
+  kUnknownOpcode = 802,
+  // l2/ (500-599), storage/ (600-699), transfer/ (700-799) and cluster/ (900-999) are
+  // reserved for their modules.
 };
 
 // "kInvalidArgument" -> "InvalidArgument"; unknown values give "Unknown(<n>)".
