@@ -9,6 +9,7 @@ find_package(nlohmann_json REQUIRED)
 find_package(absl REQUIRED)
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(XXHASH REQUIRED IMPORTED_TARGET libxxhash)
+pkg_check_modules(URING REQUIRED IMPORTED_TARGET liburing)
 
 if(KVT_BUILD_TESTS)
   find_package(GTest REQUIRED)

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "kvtier/l2/fault_inject_adapter.h"
+#include "kvtier/l2/fs/fs_adapter.h"
 #include "kvtier/l2/mock_adapter.h"
 
 namespace kvtier::l2 {
@@ -26,6 +27,10 @@ const std::vector<AdapterType>& AdapterTypes() {
        "wraps an adapter ('inner') and injects failures, hangs and delays: "
        "store_failure_rate, load_failure_rate, lookup_failure_rate, hang_rate, delay, seed",
        MakeFaultInjectAdapter},
+      {"fs",
+       "one file per chunk on a local filesystem: base_path (required), max_capacity, use_odirect, "
+       "io_engine (io_uring|pread), io_threads, queue_depth, recover_on_start, fsync",
+       MakeFsAdapter},
   };
   return kTypes;
 }
