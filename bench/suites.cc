@@ -5,6 +5,7 @@ namespace kvtier::bench {
 const std::vector<Suite>& AllSuites() {
   static const std::vector<Suite> suites = {
       {"l1", "L1 lookup path, store path under eviction, metadata bytes per object", RunL1Suite},
+      {"l2", "fs vs raw disk I/O, redis vs redis-benchmark, store controller overhead", RunL2Suite},
       {"sync", "FastLock vs std::mutex, RWLock vs std::shared_mutex", RunSyncSuite},
   };
   return suites;

@@ -5,6 +5,7 @@
 #include "kvtier/l2/fault_inject_adapter.h"
 #include "kvtier/l2/fs/fs_adapter.h"
 #include "kvtier/l2/mock_adapter.h"
+#include "kvtier/l2/redis/redis_adapter.h"
 
 namespace kvtier::l2 {
 
@@ -31,6 +32,11 @@ const std::vector<AdapterType>& AdapterTypes() {
        "one file per chunk on a local filesystem: base_path (required), max_capacity, use_odirect, "
        "io_engine (io_uring|pread), io_threads, queue_depth, recover_on_start, fsync",
        MakeFsAdapter},
+      {"redis",
+       "Redis or Valkey: host, port, username, password, db, connections, connect_timeout, "
+       "command_timeout, reconnect_backoff_min, reconnect_backoff_max, max_value_size, key_prefix, "
+       "max_capacity, checksum",
+       MakeRedisAdapter},
   };
   return kTypes;
 }
