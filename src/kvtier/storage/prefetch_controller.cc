@@ -506,11 +506,30 @@ void PrefetchController::PollStuck() {
 void PrefetchController::Publish(Request& r, Bitmap result) {
   r.phase = Phase::kDone;
   counters_.completed.fetch_add(1);
-  MutexLock lock(&mu_);
-  pending_.erase(r.id);
-  results_[r.id] = std::move(result);
-  if (!lookup_hits_.contains(r.id)) lookup_hits_[r.id] = 0;
-  done_cv_.NotifyAll();
+  std::vector<std::function<void()>> watchers;
+  {
+    MutexLock lock(&mu_);
+    pending_.erase(r.id);
+    results_[r.id] = std::move(result);
+    if (!lookup_hits_.contains(r.id)) lookup_hits_[r.id] = 0;
+    if (auto it = watchers_.find(r.id); it != watchers_.end()) {
+      watchers = std::move(it->second);
+      watchers_.erase(it);
+    }
+    done_cv_.NotifyAll();
+  }
+  for (auto& fn : watchers) fn();
+}
+
+void PrefetchController::NotifyWhenDone(PrefetchId id, std::function<void()> fn) {
+  {
+    MutexLock lock(&mu_);
+    if (pending_.contains(id)) {
+      watchers_[id].push_back(std::move(fn));
+      return;
+    }
+  }
+  fn();
 }
 
 PrefetchControllerStats PrefetchController::stats() const {

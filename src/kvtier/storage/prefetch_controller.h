@@ -21,6 +21,7 @@
 
 #include <atomic>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <thread>
@@ -94,6 +95,10 @@ class PrefetchController {
   // The length of the L2 lookup prefix once the lookup phase is over (before the loads
   // finish); std::nullopt before. Does not consume anything.
   std::optional<size_t> QueryLookupHits(PrefetchId id);
+  // Calls `fn` once the request finished: at once (on this thread) if it already has, else
+  // from the controller's thread, holding no controller lock (fn may call QueryResult). For an
+  // unknown or consumed id, at once. `fn` must be quick and must not block.
+  void NotifyWhenDone(PrefetchId id, std::function<void()> fn);
 
   void RunOnce();  // one round on the calling thread (tests; not while the thread runs)
 
@@ -157,6 +162,7 @@ class PrefetchController {
   absl::flat_hash_map<PrefetchId, keys::Bitmap> results_ KVT_GUARDED_BY(mu_);
   absl::flat_hash_map<PrefetchId, size_t> lookup_hits_ KVT_GUARDED_BY(mu_);
   absl::flat_hash_set<PrefetchId> pending_ KVT_GUARDED_BY(mu_);  // submitted, not finished
+  absl::flat_hash_map<PrefetchId, std::vector<std::function<void()>>> watchers_ KVT_GUARDED_BY(mu_);
   uint64_t requests_ KVT_GUARDED_BY(mu_) = 0;
   uint64_t keys_requested_ KVT_GUARDED_BY(mu_) = 0;
 

@@ -163,13 +163,15 @@ TEST_F(PrefetchControllerTest, L1OutOfMemoryCutsThePrefix) {
 TEST_F(PrefetchControllerTest, LookupHitsAreKnownBeforeTheLoadsFinish) {
   auto keys = MakeKeys(4);
   PutL2(adapters_[0].get(), std::span(keys).subspan(0, 3));
+  mock()->SetPausedForTesting(true);  // the lookups queue behind the pause
   PrefetchId id = Submit(keys);
-  controller_->RunOnce();  // lookups submitted
-  pollfd p{adapters_[0]->lookup_event_fd(), POLLIN, 0};
-  ASSERT_GT(::poll(&p, 1, 10000), 0);
+  controller_->RunOnce();  // lookups submitted, not finished
   EXPECT_FALSE(controller_->QueryLookupHits(id));
-  mock()->SetPausedForTesting(true);  // loads will queue
-  controller_->RunOnce();             // plan and submit loads
+  mock()->SetPausedForTesting(false);
+  pollfd p{adapters_[0]->lookup_event_fd(), POLLIN, 0};
+  ASSERT_GT(::poll(&p, 1, 10000), 0);  // lookups done; no load submitted yet
+  mock()->SetPausedForTesting(true);   // loads will queue
+  controller_->RunOnce();              // plan and submit loads
   EXPECT_EQ(controller_->QueryLookupHits(id), 3u);
   EXPECT_FALSE(controller_->QueryResult(id));
   mock()->SetPausedForTesting(false);
@@ -236,6 +238,31 @@ TEST_F(PrefetchControllerTest, StopEndsEverythingWithoutLeaks) {
   mock()->SetPausedForTesting(false);
   EXPECT_EQ(l1_->used_bytes(), 0u);
   EXPECT_EQ(l1_->GetStatus().read_locked_objects, 0u);
+}
+
+TEST_F(PrefetchControllerTest, WatchersAreCalledOnceDoneOrAtOnce) {
+  auto keys = MakeKeys(3);
+  PutL2(adapters_[0].get(), keys);
+  PrefetchId id = Submit(keys);
+  int calls = 0;
+  std::optional<Bitmap> seen;
+  controller_->NotifyWhenDone(id, [&] {
+    ++calls;
+    seen = controller_->QueryResult(id);  // allowed from a watcher
+  });
+  EXPECT_EQ(calls, 0);
+  while (calls == 0) {
+    controller_->RunOnce();
+    pollfd p[2] = {{adapters_[0]->lookup_event_fd(), POLLIN, 0},
+                   {adapters_[0]->load_event_fd(), POLLIN, 0}};
+    if (calls == 0) ASSERT_GT(::poll(p, 2, 10000), 0);
+  }
+  EXPECT_EQ(calls, 1);
+  ASSERT_TRUE(seen);
+  EXPECT_EQ(seen->CountLeadingOnes(), 3u);
+  bool immediate = false;
+  controller_->NotifyWhenDone(id, [&] { immediate = true; });  // consumed: called at once
+  EXPECT_TRUE(immediate);
 }
 
 TEST_F(PrefetchControllerTest, TheThreadServesRequests) {

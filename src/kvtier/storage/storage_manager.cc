@@ -122,6 +122,15 @@ bool StorageManager::WaitPrefetch(const PrefetchHandle& handle, Timeout timeout)
   return handle.l2_request == 0 || prefetch_->Wait(handle.l2_request, timeout);
 }
 
+void StorageManager::NotifyWhenPrefetchDone(const PrefetchHandle& handle,
+                                            std::function<void()> fn) {
+  if (handle.l2_request == 0) {
+    fn();
+    return;
+  }
+  prefetch_->NotifyWhenDone(handle.l2_request, std::move(fn));
+}
+
 std::optional<size_t> StorageManager::QueryPrefetchLookupHits(const PrefetchHandle& handle) {
   if (handle.l2_request == 0) return handle.l1_hits;
   std::optional<size_t> l2 = prefetch_->QueryLookupHits(handle.l2_request);

@@ -77,6 +77,8 @@ class StorageManager {
   // L1 hits plus the L2 lookup prefix, before the loads finish; std::nullopt until the L2
   // lookup is done. Does not consume anything.
   std::optional<size_t> QueryPrefetchLookupHits(const PrefetchHandle& handle);
+  // Calls `fn` once QueryPrefetch(handle) has an answer (see PrefetchController::NotifyWhenDone).
+  void NotifyWhenPrefetchDone(const PrefetchHandle& handle, std::function<void()> fn);
 
   // Views of prefetched (read-locked) objects: all or nothing. kNotFound (naming the first
   // missing key) when any key is not resident and read-locked; nothing is released then.
