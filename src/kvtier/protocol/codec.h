@@ -45,8 +45,14 @@ Frames EncodeReply(Opcode opcode, uint64_t request_id, const Reply& reply);
 // the error flag is set.
 Result<Reply> DecodeReply(const Header& header, std::span<const uint8_t> payload);
 
-// The error reply for a Status (code, message, retryable).
+// The error reply for a Status (code, message, retryable). The message is cut to
+// kMaxStringLength bytes (at a UTF-8 boundary) so that the reply always decodes.
 ErrorReply ToErrorReply(const Status& status);
+// The Status an error reply stands for; never OK (code 0 becomes kProtocolError).
 Status FromErrorReply(const ErrorReply& error);
+
+// The index in Reply of the typed reply answering `opcode` (e.g. StoreReply for kStore);
+// std::variant_npos for kInvalid or an unknown opcode.
+size_t ReplyIndexFor(Opcode opcode);
 
 }  // namespace kvtier::protocol

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <variant>
 #include <vector>
 
@@ -76,6 +77,12 @@ enum class KvFormat : uint8_t { kKvNhd, kNbKvNhd, kKvHnd, kNbKvHnd, kMla };
 const char* DTypeName(DType t);
 const char* KvFormatName(KvFormat f);
 size_t DTypeSize(DType t);
+// The inverse of DTypeName / KvFormatName (exact, lowercase); nullopt for anything else.
+std::optional<DType> DTypeFromName(std::string_view name);
+std::optional<KvFormat> KvFormatFromName(std::string_view name);
+// "bf16, fp16, fp32, fp8_e4m3, fp8_e5m2" / "kv_nhd, ...": the choices, for error messages.
+const char* DTypeChoices();
+const char* KvFormatChoices();
 
 // An engine worker's paged KV cache (see docs/protocol.md, REGISTER_KV_CACHE).
 struct Layout {
@@ -90,6 +97,9 @@ struct Layout {
 
   friend bool operator==(const Layout&, const Layout&) = default;
 };
+// Bytes of one layer's tensor: 2 * num_blocks * block_size * num_kv_heads * head_dim * dtype
+// size (mla: num_blocks * block_size * head_dim * dtype size). nullopt when it overflows 64 bits.
+std::optional<uint64_t> LayerBytes(const Layout& layout);
 
 // ---- Requests --------------------------------------------------------------------------
 struct HelloRequest {
@@ -110,7 +120,8 @@ struct RegisterKvCacheRequest {
 };
 struct UnregisterKvCacheRequest {
   std::string instance_id;
-  friend bool operator==(const UnregisterKvCacheRequest&, const UnregisterKvCacheRequest&) = default;
+  friend bool operator==(const UnregisterKvCacheRequest&,
+                         const UnregisterKvCacheRequest&) = default;
 };
 struct GetChunkSizeRequest {
   friend bool operator==(const GetChunkSizeRequest&, const GetChunkSizeRequest&) = default;
@@ -123,16 +134,19 @@ struct LookupRequest {
 };
 struct QueryPrefetchStatusRequest {
   std::string request_id;
-  friend bool operator==(const QueryPrefetchStatusRequest&, const QueryPrefetchStatusRequest&) = default;
+  friend bool operator==(const QueryPrefetchStatusRequest&,
+                         const QueryPrefetchStatusRequest&) = default;
 };
 struct WaitPrefetchStatusRequest {
   std::string request_id;
   uint32_t timeout_ms = 0;
-  friend bool operator==(const WaitPrefetchStatusRequest&, const WaitPrefetchStatusRequest&) = default;
+  friend bool operator==(const WaitPrefetchStatusRequest&,
+                         const WaitPrefetchStatusRequest&) = default;
 };
 struct QueryPrefetchLookupHitsRequest {
   std::string request_id;
-  friend bool operator==(const QueryPrefetchLookupHitsRequest&, const QueryPrefetchLookupHitsRequest&) = default;
+  friend bool operator==(const QueryPrefetchLookupHitsRequest&,
+                         const QueryPrefetchLookupHitsRequest&) = default;
 };
 struct StoreRequest {
   std::string instance_id;
@@ -238,9 +252,9 @@ struct ErrorReply {
   friend bool operator==(const ErrorReply&, const ErrorReply&) = default;
 };
 
-using Reply = std::variant<HelloReply, RegisterKvCacheReply, EmptyReply, ChunkSizeReply,
-                           PrefetchStatusReply, LookupHitsReply, StoreReply, RetrieveReply,
-                           FreeLookupLocksReply, EndSessionReply, PingReply, ClearReply,
-                           ErrorReply>;
+using Reply =
+    std::variant<HelloReply, RegisterKvCacheReply, EmptyReply, ChunkSizeReply, PrefetchStatusReply,
+                 LookupHitsReply, StoreReply, RetrieveReply, FreeLookupLocksReply, EndSessionReply,
+                 PingReply, ClearReply, ErrorReply>;
 
 }  // namespace kvtier::protocol
