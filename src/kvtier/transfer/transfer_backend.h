@@ -1,0 +1,72 @@
+// TransferBackend: moves whole chunks between an engine worker's paged KV cache and chunk
+// objects (plain byte buffers, e.g. L1 objects). One implementation per data path: host memory
+// (HostBackend, a shared-memory segment) today, GPU memory next.
+//
+// Chunk object layout (see kv_layout.h): [planes, num_layers, chunk_size, num_kv_heads *
+// head_dim] elements of the KV dtype; planes = 2 (K of every layer, then V of every layer), or
+// 1 for MLA. Object i of a call holds the tokens of blocks
+// block_ids[i * blocks_per_chunk .. (i + 1) * blocks_per_chunk), in that order.
+//
+// Gather and Scatter validate their arguments before copying anything (fail closed); the checks
+// live here (non-virtual), so every implementation gets the same ones, and the *Impl hooks see
+// only valid arguments.
+//
+// Thread safety: a backend is immutable after creation. Concurrent calls are safe as long as no
+// block or object is written by one call while another reads or writes it (concurrent Gathers
+// of the same blocks are fine; a Scatter into blocks another call touches is a data race on the
+// engine's memory). The server runs one engine worker's transfers on one thread, in order.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "kvtier/common/status.h"
+#include "kvtier/transfer/kv_layout.h"
+
+namespace kvtier::transfer {
+
+class TransferBackend {
+ public:
+  virtual ~TransferBackend() = default;
+  TransferBackend(const TransferBackend&) = delete;
+  TransferBackend& operator=(const TransferBackend&) = delete;
+
+  const KvGeometry& geometry() const { return geometry_; }
+  // Bytes of one chunk object.
+  uint64_t object_size() const { return geometry_.object_size; }
+  uint32_t chunk_size() const { return geometry_.chunk_size; }
+  uint32_t blocks_per_chunk() const { return geometry_.blocks_per_chunk; }
+
+  // Copies chunks from the engine's cache into `objects` (object i <- the blocks of chunk i).
+  // Needs at least objects.size() * blocks_per_chunk() block ids (the ones after are ignored),
+  // every used id < num_blocks, and every object exactly object_size() bytes. On an error
+  // nothing is copied.
+  [[nodiscard]] Status Gather(std::span<const uint32_t> block_ids,
+                              std::span<const std::span<uint8_t>> objects);
+
+  // The reverse: writes `objects` into the engine's blocks. The first `skip_first_n_tokens`
+  // tokens of the range (of objects[0], then objects[1], ...) are not written: the engine
+  // already holds them and may be reading them. skip_first_n_tokens may be at most the range's
+  // objects.size() * chunk_size() tokens. Same checks as Gather; on an error nothing is written.
+  [[nodiscard]] Status Scatter(std::span<const std::span<const uint8_t>> objects,
+                               std::span<const uint32_t> block_ids, uint32_t skip_first_n_tokens);
+
+ protected:
+  explicit TransferBackend(const KvGeometry& geometry) : geometry_(geometry) {}
+
+ private:
+  // Arguments are valid: block_ids.size() == objects.size() * blocks_per_chunk() exactly, ids
+  // in range, sizes exact, objects non-empty, skip_first_n_tokens < the range's tokens.
+  virtual Status GatherImpl(std::span<const uint32_t> block_ids,
+                            std::span<const std::span<uint8_t>> objects) = 0;
+  virtual Status ScatterImpl(std::span<const std::span<const uint8_t>> objects,
+                             std::span<const uint32_t> block_ids, uint32_t skip_first_n_tokens) = 0;
+
+  template <typename Span>
+  Status Validate(const char* op, std::span<const uint32_t> block_ids,
+                  std::span<const Span> objects) const;
+
+  const KvGeometry geometry_;
+};
+
+}  // namespace kvtier::transfer
