@@ -143,6 +143,13 @@ std::vector<std::shared_ptr<Session>> SessionManager::RemoveExpired() {
   return expired;
 }
 
+std::vector<std::shared_ptr<Session>> SessionManager::All() const {
+  std::vector<std::shared_ptr<Session>> all;
+  MutexLock lock(&mu_);
+  for (const auto& [id, s] : sessions_) all.push_back(s);
+  return all;
+}
+
 std::vector<std::shared_ptr<Session>> SessionManager::RemoveAll() {
   std::vector<std::shared_ptr<Session>> all;
   MutexLock lock(&mu_);

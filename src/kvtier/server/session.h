@@ -53,9 +53,10 @@ struct Lookup {
   uint32_t read_locks = 1;
   std::vector<ObjectKey> keys;  // chunk-major
   storage::PrefetchHandle handle;
-  bool done = false;
+  bool done = false;  // the result was consumed (QUERY / WAIT answered)
   uint32_t hit_chunks = 0;
-  keys::Bitmap held;  // keys whose lookup locks are not released yet (set once done)
+  // Per key: read locks still held for retrieves (set once done; each RETRIEVE takes one).
+  std::vector<uint8_t> pending_reads;
 };
 
 class Session {
@@ -114,6 +115,8 @@ class SessionManager {
   std::shared_ptr<Session> Remove(const std::string& request_id) KVT_EXCLUDES(mu_);
   // Removes sessions unused for longer than the TTL and returns them.
   std::vector<std::shared_ptr<Session>> RemoveExpired() KVT_EXCLUDES(mu_);
+  // Every session (a snapshot).
+  std::vector<std::shared_ptr<Session>> All() const KVT_EXCLUDES(mu_);
   // Removes every session (shutdown).
   std::vector<std::shared_ptr<Session>> RemoveAll() KVT_EXCLUDES(mu_);
   size_t size() const KVT_EXCLUDES(mu_);

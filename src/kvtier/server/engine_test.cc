@@ -1,0 +1,469 @@
+#include "kvtier/server/engine.h"
+
+#include <cstring>
+#include <latch>
+#include <numeric>
+
+#include <gtest/gtest.h>
+
+#include "kvtier/common/units.h"
+
+namespace kvtier::server {
+namespace {
+
+using namespace std::chrono_literals;
+using protocol::Reply;
+
+constexpr uint32_t kChunk = 16;
+constexpr uint32_t kBlock = 4;
+constexpr uint32_t kBlocksPerChunk = kChunk / kBlock;
+constexpr uint32_t kBytesPerToken = 64;  // per rank
+constexpr uint64_t kObjectSize = uint64_t{kChunk} * kBytesPerToken;
+
+// A paged KV cache in plain memory: block b holds tokens' bytes at [b * kBlock * bpt, ...).
+// Object layout: the chunk's tokens in order (what matters here is bitwise round trips).
+class FakeBackend : public transfer::TransferBackend {
+ public:
+  explicit FakeBackend(uint32_t num_blocks)
+      : TransferBackend(Geometry(num_blocks)),
+        cache_(uint64_t{num_blocks} * kBlock * kBytesPerToken) {}
+
+  static transfer::KvGeometry Geometry(uint32_t num_blocks) {
+    transfer::KvGeometry g;
+    g.num_blocks = num_blocks;
+    g.block_size = kBlock;
+    g.chunk_size = kChunk;
+    g.blocks_per_chunk = kBlocksPerChunk;
+    g.object_size = kObjectSize;
+    return g;
+  }
+
+ private:
+  // The base class validated the arguments (counts, ids, sizes).
+  Status GatherImpl(std::span<const uint32_t> blocks,
+                    std::span<const std::span<uint8_t>> objects) override {
+    for (size_t c = 0; c < objects.size(); ++c) {
+      for (uint32_t b = 0; b < kBlocksPerChunk; ++b) {
+        std::memcpy(
+            objects[c].data() + b * kBlock * kBytesPerToken,
+            cache_.data() + blocks[c * kBlocksPerChunk + b] * uint64_t{kBlock} * kBytesPerToken,
+            kBlock * kBytesPerToken);
+      }
+    }
+    return Status::OK();
+  }
+  Status ScatterImpl(std::span<const std::span<const uint8_t>> objects,
+                     std::span<const uint32_t> blocks, uint32_t skip) override {
+    for (size_t c = 0; c < objects.size(); ++c) {
+      for (uint32_t t = 0; t < kChunk; ++t) {
+        uint64_t token = c * kChunk + t;
+        if (token < skip) continue;
+        uint32_t block = blocks[token / kBlock];
+        std::memcpy(cache_.data() + (block * uint64_t{kBlock} + token % kBlock) * kBytesPerToken,
+                    objects[c].data() + t * kBytesPerToken, kBytesPerToken);
+      }
+    }
+    return Status::OK();
+  }
+
+ public:
+  // The bytes of `n` tokens in blocks `blocks`.
+  std::vector<uint8_t> Tokens(std::span<const uint32_t> blocks, size_t n) const {
+    std::vector<uint8_t> out;
+    for (size_t t = 0; t < n; ++t) {
+      const uint8_t* p =
+          cache_.data() + (blocks[t / kBlock] * uint64_t{kBlock} + t % kBlock) * kBytesPerToken;
+      out.insert(out.end(), p, p + kBytesPerToken);
+    }
+    return out;
+  }
+  void Fill(std::span<const uint32_t> blocks, size_t n, uint8_t seed) {
+    for (size_t t = 0; t < n; ++t) {
+      uint8_t* p =
+          cache_.data() + (blocks[t / kBlock] * uint64_t{kBlock} + t % kBlock) * kBytesPerToken;
+      for (uint32_t i = 0; i < kBytesPerToken; ++i) p[i] = static_cast<uint8_t>(seed + t * 7 + i);
+    }
+  }
+
+ private:
+  std::vector<uint8_t> cache_;
+};
+
+std::vector<uint32_t> Seq(uint32_t first, size_t n) {
+  std::vector<uint32_t> v(n);
+  std::iota(v.begin(), v.end(), first);
+  return v;
+}
+
+class EngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Make({}); }
+
+  void Make(std::vector<nlohmann::json> l2) {
+    engine_.reset();
+    storage_.reset();
+    storage::StorageOptions so;
+    so.l1.capacity_bytes = 256 * kObjectSize;
+    so.l1.num_shards = 4;
+    so.l2_adapters = std::move(l2);
+    storage_ = storage::StorageManager::Create(so).value();
+    EngineOptions eo;
+    eo.chunk_size = kChunk;
+    eo.server_id = "test-server";
+    eo.server_version = "0.test";
+    eo.worker_timeout = 120s;
+    engine_ = Engine::Create(eo, storage_.get(), &clock_,
+                             [this](const protocol::RegisterKvCacheRequest& r)
+                                 -> Result<std::unique_ptr<transfer::TransferBackend>> {
+                               auto b = std::make_unique<FakeBackend>(r.layout.num_blocks);
+                               backends_[r.instance_id] = b.get();
+                               return std::unique_ptr<transfer::TransferBackend>(std::move(b));
+                             })
+                  .value();
+  }
+  void TearDown() override {
+    engine_->Shutdown();
+    storage_->Close();
+  }
+
+  protocol::RegisterKvCacheRequest Registration(std::string id, uint16_t ws = 1,
+                                                uint16_t rank = 0) {
+    protocol::RegisterKvCacheRequest r;
+    r.instance_id = std::move(id);
+    r.model = "m";
+    r.world_size = ws;
+    r.worker_rank = rank;
+    r.layout.num_layers = 1;
+    r.layout.num_blocks = 256;
+    r.layout.block_size = kBlock;
+    r.layout.num_kv_heads = 1;
+    r.layout.head_dim = 16;
+    r.layout.layer_offsets = {0};
+    r.shm_name = "fake";
+    return r;
+  }
+  void Register(std::string id, uint16_t ws = 1, uint16_t rank = 0) {
+    Reply r = engine_->HandleSync(Registration(std::move(id), ws, rank));
+    ASSERT_TRUE(std::holds_alternative<protocol::RegisterKvCacheReply>(r)) << ErrorText(r);
+  }
+
+  protocol::Key Key(std::string request, const std::vector<uint32_t>& tokens,
+                    std::optional<uint16_t> rank, uint16_t ws = 1) {
+    protocol::Key k;
+    k.model = "m";
+    k.world_size = ws;
+    k.worker_rank = rank;
+    k.request_id = std::move(request);
+    k.tokens = tokens;
+    return k;
+  }
+
+  static std::string ErrorText(const Reply& r) {
+    if (auto* e = std::get_if<protocol::ErrorReply>(&r))
+      return StatusCodeName(e->code) + ": " + e->message;
+    return "";
+  }
+  template <typename T>
+  T Expect(const Reply& r) {
+    EXPECT_TRUE(std::holds_alternative<T>(r)) << ErrorText(r);
+    return std::holds_alternative<T>(r) ? std::get<T>(r) : T{};
+  }
+  StatusCode ErrorCode(const Reply& r) {
+    auto* e = std::get_if<protocol::ErrorReply>(&r);
+    return e ? e->code : StatusCode::kOk;
+  }
+
+  protocol::StoreReply Store(std::string instance, std::string request,
+                             const std::vector<uint32_t>& tokens, std::vector<uint32_t> blocks,
+                             uint16_t rank = 0, uint16_t ws = 1) {
+    protocol::StoreRequest s{std::move(instance), Key(std::move(request), tokens, rank, ws),
+                             std::move(blocks)};
+    return Expect<protocol::StoreReply>(engine_->HandleSync(s));
+  }
+  // LOOKUP then wait for the answer.
+  uint32_t Lookup(std::string request, const std::vector<uint32_t>& tokens, uint16_t ws = 1) {
+    Expect<protocol::EmptyReply>(
+        engine_->HandleSync(protocol::LookupRequest{Key(request, tokens, std::nullopt, ws)}));
+    std::optional<Reply> answer;
+    std::latch done(1);
+    engine_->Handle(protocol::WaitPrefetchStatusRequest{request, 10000}, [&](Reply r) {
+      answer = std::move(r);
+      done.count_down();
+    });
+    done.wait();
+    auto status = Expect<protocol::PrefetchStatusReply>(*answer);
+    EXPECT_TRUE(status.done);
+    return status.hit_chunks;
+  }
+
+  FakeClock clock_;
+  std::unique_ptr<storage::StorageManager> storage_;
+  std::unique_ptr<Engine> engine_;
+  std::map<std::string, FakeBackend*> backends_;
+};
+
+TEST_F(EngineTest, HelloAndChunkSize) {
+  auto hello = Expect<protocol::HelloReply>(engine_->HandleSync(protocol::HelloRequest{1, "test"}));
+  EXPECT_EQ(hello.chunk_size, kChunk);
+  EXPECT_EQ(hello.server_id, "test-server");
+  EXPECT_EQ(hello.hash_algorithm, "sha256");
+  EXPECT_EQ(ErrorCode(engine_->HandleSync(protocol::HelloRequest{2, "future"})),
+            StatusCode::kUnsupportedVersion);
+  EXPECT_EQ(Expect<protocol::ChunkSizeReply>(engine_->HandleSync(protocol::GetChunkSizeRequest{}))
+                .chunk_size,
+            kChunk);
+  Expect<protocol::EmptyReply>(engine_->HandleSync(protocol::NoopRequest{}));
+}
+
+TEST_F(EngineTest, StoreThenLookupThenRetrieveIntoOtherBlocksIsBitwiseEqual) {
+  Register("w0");
+  auto tokens = Seq(1, 10 * kChunk);
+  auto src = Seq(0, 10 * kBlocksPerChunk);
+  backends_["w0"]->Fill(src, tokens.size(), 3);
+  auto stored = Store("w0", "req-1", tokens, src);
+  EXPECT_EQ(stored.stored_chunks, 10u);
+  // A new request with the same prefix.
+  EXPECT_EQ(Lookup("req-2", tokens), 10u);
+  auto dst = Seq(100, 10 * kBlocksPerChunk);
+  protocol::RetrieveRequest r{"w0", Key("req-2", tokens, 0), dst, 0};
+  EXPECT_EQ(Expect<protocol::RetrieveReply>(engine_->HandleSync(r)).retrieved_chunks, 10u);
+  EXPECT_EQ(backends_["w0"]->Tokens(dst, tokens.size()),
+            backends_["w0"]->Tokens(src, tokens.size()));
+  // Every lock was released.
+  EXPECT_EQ(storage_->l1().GetStatus().read_locked_objects, 0u);
+}
+
+TEST_F(EngineTest, PartialPrefixAndMisses) {
+  Register("w0");
+  auto tokens = Seq(1, 6 * kChunk + 5);  // 6 full chunks and a partial one
+  Store("w0", "a", std::vector<uint32_t>(tokens.begin(), tokens.begin() + 3 * kChunk),
+        Seq(0, 3 * kBlocksPerChunk));
+  EXPECT_EQ(Lookup("b", tokens), 3u);
+  auto other = Seq(1000, 4 * kChunk);
+  EXPECT_EQ(Lookup("c", other), 0u);
+  // Not retrieving: END_SESSION releases the held locks.
+  Expect<protocol::EndSessionReply>(engine_->HandleSync(protocol::EndSessionRequest{"b"}));
+  EXPECT_EQ(storage_->l1().GetStatus().read_locked_objects, 0u);
+}
+
+TEST_F(EngineTest, QueryAnswersOnceAndUnknownIdsAreErrors) {
+  Register("w0");
+  auto tokens = Seq(1, 2 * kChunk);
+  Store("w0", "a", tokens, Seq(0, 2 * kBlocksPerChunk));
+  EXPECT_EQ(ErrorCode(engine_->HandleSync(protocol::QueryPrefetchStatusRequest{"nobody"})),
+            StatusCode::kNotFound);
+  Expect<protocol::EmptyReply>(
+      engine_->HandleSync(protocol::LookupRequest{Key("b", tokens, std::nullopt)}));
+  auto first = Expect<protocol::PrefetchStatusReply>(
+      engine_->HandleSync(protocol::QueryPrefetchStatusRequest{"b"}));
+  EXPECT_TRUE(first.done);  // no L2: answered at once from L1
+  EXPECT_EQ(first.hit_chunks, 2u);
+  EXPECT_EQ(ErrorCode(engine_->HandleSync(protocol::QueryPrefetchStatusRequest{"b"})),
+            StatusCode::kFailedPrecondition);
+  auto hits = Expect<protocol::LookupHitsReply>(
+      engine_->HandleSync(protocol::QueryPrefetchLookupHitsRequest{"b"}));
+  EXPECT_TRUE(hits.known);
+  EXPECT_EQ(hits.hit_chunks, 2u);
+}
+
+TEST_F(EngineTest, MultiRankLookupNeedsEveryRank) {
+  Register("w0", 2, 0);
+  Register("w1", 2, 1);
+  auto tokens = Seq(1, 4 * kChunk);
+  Store("w0", "a", tokens, Seq(0, 4 * kBlocksPerChunk), 0, 2);
+  // Rank 1 stored only the first 2 chunks.
+  Store("w1", "a", std::vector<uint32_t>(tokens.begin(), tokens.begin() + 2 * kChunk),
+        Seq(0, 2 * kBlocksPerChunk), 1, 2);
+  EXPECT_EQ(Lookup("b", tokens, 2), 2u);
+  // Both ranks retrieve their share.
+  for (uint16_t rank = 0; rank < 2; ++rank) {
+    protocol::Key k =
+        Key("b", std::vector<uint32_t>(tokens.begin(), tokens.begin() + 2 * kChunk), rank, 2);
+    protocol::RetrieveRequest r{rank == 0 ? "w0" : "w1", k, Seq(200, 2 * kBlocksPerChunk), 0};
+    EXPECT_EQ(Expect<protocol::RetrieveReply>(engine_->HandleSync(r)).retrieved_chunks, 2u);
+  }
+  EXPECT_EQ(storage_->l1().GetStatus().read_locked_objects, 0u);  // the partial chunk was released
+}
+
+TEST_F(EngineTest, RetrieveFailsClosedWithoutALookup) {
+  Register("w0");
+  auto tokens = Seq(1, 2 * kChunk);
+  Store("w0", "a", tokens, Seq(0, 2 * kBlocksPerChunk));
+  protocol::RetrieveRequest r{"w0", Key("never-looked-up", tokens, 0), Seq(50, 2 * kBlocksPerChunk),
+                              0};
+  EXPECT_EQ(ErrorCode(engine_->HandleSync(r)), StatusCode::kNotFound);
+  // Beyond the hits of a lookup.
+  EXPECT_EQ(Lookup("b", std::vector<uint32_t>(tokens.begin(), tokens.begin() + kChunk)), 1u);
+  protocol::RetrieveRequest beyond{"w0", Key("b", tokens, 0), Seq(50, 2 * kBlocksPerChunk), 0};
+  EXPECT_EQ(ErrorCode(engine_->HandleSync(beyond)), StatusCode::kNotFound);
+  EXPECT_EQ(storage_->l1().GetStatus().read_locked_objects,
+            0u);  // the failure released the rank's locks
+}
+
+TEST_F(EngineTest, SkipFirstNTokensLeavesThemUntouched) {
+  Register("w0");
+  auto tokens = Seq(1, 2 * kChunk);
+  auto src = Seq(0, 2 * kBlocksPerChunk);
+  backends_["w0"]->Fill(src, tokens.size(), 9);
+  Store("w0", "a", tokens, src);
+  EXPECT_EQ(Lookup("b", tokens), 2u);
+  auto dst = Seq(100, 2 * kBlocksPerChunk);
+  backends_["w0"]->Fill(dst, tokens.size(), 200);
+  auto before = backends_["w0"]->Tokens(dst, tokens.size());
+  protocol::RetrieveRequest r{"w0", Key("b", tokens, 0), dst, 5};
+  EXPECT_EQ(Expect<protocol::RetrieveReply>(engine_->HandleSync(r)).retrieved_chunks, 2u);
+  auto after = backends_["w0"]->Tokens(dst, tokens.size());
+  auto expect = backends_["w0"]->Tokens(src, tokens.size());
+  EXPECT_TRUE(std::equal(after.begin(), after.begin() + 5 * kBytesPerToken, before.begin()));
+  EXPECT_TRUE(std::equal(after.begin() + 5 * kBytesPerToken, after.end(),
+                         expect.begin() + 5 * kBytesPerToken));
+}
+
+TEST_F(EngineTest, StoreValidatesEverythingAndCopiesNothingOnError) {
+  Register("w0");
+  auto tokens = Seq(1, 2 * kChunk);
+  auto ask = [&](protocol::StoreRequest s) { return ErrorCode(engine_->HandleSync(s)); };
+  EXPECT_EQ(ask({"nobody", Key("a", tokens, 0), Seq(0, 8)}), StatusCode::kNotFound);
+  EXPECT_EQ(ask({"w0", Key("a", tokens, std::nullopt), Seq(0, 8)}),
+            StatusCode::kInvalidArgument);  // no rank
+  EXPECT_EQ(ask({"w0", Key("a", tokens, 0), Seq(0, 7)}),
+            StatusCode::kInvalidArgument);  // too few blocks
+  protocol::Key unaligned = Key("a", tokens, 0);
+  unaligned.start = 3;
+  EXPECT_EQ(ask({"w0", unaligned, Seq(0, 8)}), StatusCode::kInvalidArgument);
+  protocol::Key bad_salt = Key("a", tokens, 0);
+  bad_salt.cache_salt = "a/b";
+  EXPECT_EQ(ask({"w0", bad_salt, Seq(0, 8)}), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ask({"w0", Key("a", tokens, 0), {0, 1, 2, 3, 4, 5, 6, 9999}}), StatusCode::kOutOfRange);
+  EXPECT_EQ(storage_->l1().used_bytes(), 0u);  // nothing staged or left behind
+}
+
+TEST_F(EngineTest, StoreReportsPresentAndFailedChunks) {
+  Register("w0");
+  auto tokens = Seq(1, 3 * kChunk);
+  auto first = Store("w0", "a", tokens, Seq(0, 3 * kBlocksPerChunk));
+  EXPECT_EQ(first.stored_chunks, 3u);
+  auto again = Store("w0", "a", tokens, Seq(0, 3 * kBlocksPerChunk));
+  EXPECT_EQ(again.stored_chunks, 0u);
+  EXPECT_EQ(again.present_chunks, 3u);
+}
+
+TEST_F(EngineTest, StoreAfterEndSessionLeavesNoSession) {
+  Register("w0");
+  auto tokens = Seq(1, 2 * kChunk);
+  Lookup("req", tokens);
+  EXPECT_EQ(engine_->active_sessions(), 1u);
+  auto end =
+      Expect<protocol::EndSessionReply>(engine_->HandleSync(protocol::EndSessionRequest{"req"}));
+  EXPECT_EQ(end.touched_keys, 2u);
+  EXPECT_EQ(engine_->active_sessions(), 0u);
+  Store("w0", "req", tokens, Seq(0, 2 * kBlocksPerChunk));  // late STORE: served statelessly
+  EXPECT_EQ(engine_->active_sessions(), 0u);
+  EXPECT_EQ(
+      Expect<protocol::EndSessionReply>(engine_->HandleSync(protocol::EndSessionRequest{"req"}))
+          .touched_keys,
+      0u);
+}
+
+TEST_F(EngineTest, FreeLookupLocksReleasesWithoutRetrieving) {
+  Register("w0");
+  auto tokens = Seq(1, 3 * kChunk);
+  Store("w0", "a", tokens, Seq(0, 3 * kBlocksPerChunk));
+  EXPECT_EQ(Lookup("b", tokens), 3u);
+  EXPECT_EQ(storage_->l1().GetStatus().read_locked_objects, 3u);
+  auto freed = Expect<protocol::FreeLookupLocksReply>(
+      engine_->HandleSync(protocol::FreeLookupLocksRequest{Key("b", tokens, std::nullopt)}));
+  EXPECT_EQ(freed.released, 3u);
+  EXPECT_EQ(storage_->l1().GetStatus().read_locked_objects, 0u);
+}
+
+TEST_F(EngineTest, SecondLookupReplacesTheFirstAndReleasesItsLocks) {
+  Register("w0");
+  auto tokens = Seq(1, 3 * kChunk);
+  Store("w0", "a", tokens, Seq(0, 3 * kBlocksPerChunk));
+  EXPECT_EQ(Lookup("b", tokens), 3u);
+  EXPECT_EQ(Lookup("b", std::vector<uint32_t>(tokens.begin(), tokens.begin() + kChunk)), 1u);
+  EXPECT_EQ(storage_->l1().GetStatus().read_locked_objects, 1u);
+}
+
+TEST_F(EngineTest, ExpiredSessionsAndReapedWorkersReleaseTheirLocks) {
+  Register("w0");
+  auto tokens = Seq(1, 2 * kChunk);
+  Store("w0", "a", tokens, Seq(0, 2 * kBlocksPerChunk));
+  EXPECT_EQ(Lookup("b", tokens), 2u);
+  // The worker goes silent: reaped after the registration grace (it never pinged).
+  clock_.Advance(3601s);
+  engine_->Tick();
+  EXPECT_EQ(engine_->registry().size(), 0u);
+  EXPECT_EQ(storage_->l1().GetStatus().read_locked_objects, 0u);
+  EXPECT_EQ(engine_->active_sessions(), 0u);  // the session expired too (600 s TTL)
+  EXPECT_EQ(engine_->counters().workers_reaped.load(), 1u);
+}
+
+TEST_F(EngineTest, PingKeepsAWorkerAlive) {
+  Register("w0");
+  Expect<protocol::PingReply>(engine_->HandleSync(protocol::PingRequest{"w0"}));
+  clock_.Advance(100s);
+  Expect<protocol::PingReply>(engine_->HandleSync(protocol::PingRequest{"w0"}));
+  clock_.Advance(100s);
+  engine_->Tick();
+  EXPECT_EQ(engine_->registry().size(), 1u);
+  clock_.Advance(121s);  // pinged before: the 120 s timeout applies
+  engine_->Tick();
+  EXPECT_EQ(engine_->registry().size(), 0u);
+}
+
+TEST_F(EngineTest, RegistrationRulesAndUnregister) {
+  Register("w0");
+  Register("w0");  // identical: a refresh
+  auto other = Registration("w0");
+  other.layout.num_blocks = 512;
+  EXPECT_EQ(ErrorCode(engine_->HandleSync(other)), StatusCode::kAlreadyExists);
+  auto bad = Registration("w1");
+  bad.layout.block_size = 5;
+  EXPECT_EQ(ErrorCode(engine_->HandleSync(bad)), StatusCode::kInvalidArgument);
+  Expect<protocol::EmptyReply>(engine_->HandleSync(protocol::UnregisterKvCacheRequest{"w0"}));
+  EXPECT_EQ(ErrorCode(engine_->HandleSync(protocol::UnregisterKvCacheRequest{"w0"})),
+            StatusCode::kNotFound);
+}
+
+TEST_F(EngineTest, WaitTimesOutThenTheResultIsStillThere) {
+  Make({{{"type", "fault_inject"},
+         {"inner", {{"type", "mock"}, {"capacity", "16MiB"}}},
+         {"delay", "200ms"}}});
+  Register("w0");
+  auto tokens = Seq(1, 2 * kChunk);
+  Store("w0", "a", tokens, Seq(0, 2 * kBlocksPerChunk));
+  ASSERT_TRUE(storage_->FlushToL2(10s));
+  storage_->ClearL1(false);
+  Expect<protocol::EmptyReply>(
+      engine_->HandleSync(protocol::LookupRequest{Key("b", tokens, std::nullopt)}));
+  std::optional<Reply> answer;
+  std::latch done(1);
+  engine_->Handle(protocol::WaitPrefetchStatusRequest{"b", 1}, [&](Reply r) {
+    answer = std::move(r);
+    done.count_down();
+  });
+  done.wait();
+  EXPECT_FALSE(Expect<protocol::PrefetchStatusReply>(*answer).done);  // 1 ms < the 200 ms delay
+  std::latch done2(1);
+  engine_->Handle(protocol::WaitPrefetchStatusRequest{"b", 30000}, [&](Reply r) {
+    answer = std::move(r);
+    done2.count_down();
+  });
+  done2.wait();
+  auto status = Expect<protocol::PrefetchStatusReply>(*answer);
+  EXPECT_TRUE(status.done);
+  EXPECT_EQ(status.hit_chunks, 2u);  // from L2
+}
+
+TEST_F(EngineTest, ClearEmptiesL1) {
+  Register("w0");
+  Store("w0", "a", Seq(1, 2 * kChunk), Seq(0, 2 * kBlocksPerChunk));
+  EXPECT_EQ(
+      Expect<protocol::ClearReply>(engine_->HandleSync(protocol::ClearRequest{false})).cleared, 2u);
+  EXPECT_EQ(storage_->l1().used_bytes(), 0u);
+}
+
+}  // namespace
+}  // namespace kvtier::server
