@@ -79,8 +79,8 @@ Json JsonBody(const httplib::Result& res, int want_status) {
   return body;
 }
 
-// Sends `request` as is and returns all the server answers until it closes the connection. For
-// what httplib::Client cannot send.
+// Sends `request` as is and returns the reply (headers and body). For what httplib::Client
+// cannot send.
 std::string RawExchange(uint16_t port, const std::string& request) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return "socket failed";
@@ -94,10 +94,18 @@ std::string RawExchange(uint16_t port, const std::string& request) {
   if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
       ::send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
           static_cast<ssize_t>(request.size())) {
-    ::shutdown(fd, SHUT_WR);  // nothing more: the server closes after its reply
     char buf[4096];
     ssize_t n;
-    while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) reply.append(buf, static_cast<size_t>(n));
+    while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) {
+      reply.append(buf, static_cast<size_t>(n));
+      // Done once the headers and Content-Length bytes of body are in (every reply has one).
+      size_t end = reply.find("\r\n\r\n");
+      size_t length_at = reply.find("Content-Length: ");
+      if (end != std::string::npos && length_at != std::string::npos && length_at < end &&
+          reply.size() >= end + 4 + std::stoul(reply.substr(length_at + 16))) {
+        break;
+      }
+    }
   }
   ::close(fd);
   return reply;
