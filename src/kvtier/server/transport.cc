@@ -71,10 +71,13 @@ struct Transport::State {
   }
 };
 
-Result<std::unique_ptr<Transport>> Transport::Start(const TransportOptions& options, Handler handler) {
-  if (options.endpoints.empty()) return MakeError(Status::InvalidArgument("transport: no endpoint to bind"));
+Result<std::unique_ptr<Transport>> Transport::Start(const TransportOptions& options,
+                                                    Handler handler) {
+  if (options.endpoints.empty())
+    return MakeError(Status::InvalidArgument("transport: no endpoint to bind"));
   if (options.control_threads == 0 || options.transfer_threads == 0) {
-    return MakeError(Status::InvalidArgument("transport: control and transfer threads must be at least 1"));
+    return MakeError(
+        Status::InvalidArgument("transport: control and transfer threads must be at least 1"));
   }
   if (!handler) return MakeError(Status::InvalidArgument("transport: no handler"));
   std::unique_ptr<Transport> t(new Transport(options, std::move(handler)));
@@ -98,7 +101,8 @@ Status Transport::Bind() {
       try {
         socket->bind(endpoint);
       } catch (const zmq::error_t& e) {
-        return Status::InvalidArgument(fmt::format("transport: cannot bind '{}': {}", endpoint, e.what()));
+        return Status::InvalidArgument(
+            fmt::format("transport: cannot bind '{}': {}", endpoint, e.what()));
       }
       bound_.push_back(socket->get(zmq::sockopt::last_endpoint));
     }
@@ -147,8 +151,9 @@ void Transport::Loop(zmq::socket_t& socket) {
   };
   while (!st.stop.load()) {
     const bool reading = !st.draining.load();
-    zmq::pollitem_t items[2] = {{nullptr, st.wake.fd(), ZMQ_POLLIN, 0},
-                                {socket.handle(), 0, static_cast<short>(reading ? ZMQ_POLLIN : 0), 0}};
+    zmq::pollitem_t items[2] = {
+        {nullptr, st.wake.fd(), ZMQ_POLLIN, 0},
+        {socket.handle(), 0, static_cast<short>(reading ? ZMQ_POLLIN : 0), 0}};
     try {
       zmq::poll(items, 2, std::chrono::milliseconds(-1));
     } catch (const zmq::error_t& e) {
@@ -198,7 +203,8 @@ void Transport::OnMessage(std::vector<std::string> frames) {
     st->Push(identity, protocol::EncodeReply(op, id, protocol::ToErrorReply(s)));
   };
   if (frames.size() < 2) {
-    reject(Opcode::kInvalid, 0, Status(StatusCode::kProtocolError, "a message needs a header and a payload frame"));
+    reject(Opcode::kInvalid, 0,
+           Status(StatusCode::kProtocolError, "a message needs a header and a payload frame"));
     return;
   }
   Result<protocol::Header> header = protocol::DecodeHeader(Bytes(frames[1]));
@@ -211,8 +217,8 @@ void Transport::OnMessage(std::vector<std::string> frames) {
   if (frames.size() != kFramesPerMessage) {
     reject(op, id,
            Status(StatusCode::kProtocolError,
-                  fmt::format("a message has {} frames (header, payload); got {}", kFramesPerMessage - 1,
-                              frames.size() - 1)));
+                  fmt::format("a message has {} frames (header, payload); got {}",
+                              kFramesPerMessage - 1, frames.size() - 1)));
     return;
   }
   Result<protocol::Request> request = protocol::DecodeRequest(*header, Bytes(frames[2]));
@@ -232,8 +238,8 @@ void Transport::OnMessage(std::vector<std::string> frames) {
       handler_(request, reply);
     } catch (const std::exception& e) {
       counters_.handler_errors.fetch_add(1, std::memory_order_relaxed);
-      KVT_LOG_ERROR("transport: handler for {} threw: {}", protocol::OpcodeName(protocol::OpcodeOf(request)),
-                    e.what());
+      KVT_LOG_ERROR("transport: handler for {} threw: {}",
+                    protocol::OpcodeName(protocol::OpcodeOf(request)), e.what());
       reply(protocol::ToErrorReply(Status::Internal(fmt::format("request failed: {}", e.what()))));
     }
   };

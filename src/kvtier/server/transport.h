@@ -40,8 +40,8 @@ struct TransportOptions {
 struct TransportCounters {
   std::atomic<uint64_t> requests{0};
   std::atomic<uint64_t> replies{0};
-  std::atomic<uint64_t> malformed{0};      // answered with a protocol error
-  std::atomic<uint64_t> busy{0};           // answered kResourceExhausted
+  std::atomic<uint64_t> malformed{0};       // answered with a protocol error
+  std::atomic<uint64_t> busy{0};            // answered kResourceExhausted
   std::atomic<uint64_t> handler_errors{0};  // a handler threw
   std::atomic<uint64_t> send_failures{0};   // the client was gone when its reply was sent
 };

@@ -19,8 +19,10 @@ TEST(TransportStressTest, EveryRequestGetsItsOwnReply) {
   o.max_queued_requests = 1u << 20;
   auto t = Transport::Start(o, [](const protocol::Request& r, Transport::ReplyFn reply) {
     // The reply encodes the request: CLEAR's force bit and the block id of a STORE.
-    if (auto* c = std::get_if<protocol::ClearRequest>(&r)) return reply(protocol::ClearReply{c->force ? 1u : 2u});
-    if (auto* s = std::get_if<protocol::StoreRequest>(&r)) return reply(protocol::StoreReply{s->block_ids.at(0), 0, 0});
+    if (auto* c = std::get_if<protocol::ClearRequest>(&r))
+      return reply(protocol::ClearReply{c->force ? 1u : 2u});
+    if (auto* s = std::get_if<protocol::StoreRequest>(&r))
+      return reply(protocol::StoreReply{s->block_ids.at(0), 0, 0});
     reply(protocol::EmptyReply{});
   });
   ASSERT_TRUE(t.has_value());
@@ -62,11 +64,18 @@ TEST(TransportStressTest, EveryRequestGetsItsOwnReply) {
           return;
         }
         auto header = protocol::DecodeHeader({static_cast<const uint8_t*>(h.data()), h.size()});
-        if (!header) { ++bad; continue; }
-        auto reply = protocol::DecodeReply(*header, {static_cast<const uint8_t*>(p.data()), p.size()});
+        if (!header) {
+          ++bad;
+          continue;
+        }
+        auto reply =
+            protocol::DecodeReply(*header, {static_cast<const uint8_t*>(p.data()), p.size()});
         const uint64_t id = header->request_id;
         const int index = static_cast<int>(id % kRequests);
-        if (!reply || id / kRequests != static_cast<uint64_t>(c)) { ++bad; continue; }
+        if (!reply || id / kRequests != static_cast<uint64_t>(c)) {
+          ++bad;
+          continue;
+        }
         if (index % 2 == 0) {
           auto* r = std::get_if<protocol::ClearReply>(&*reply);
           if (r == nullptr || r->cleared != (index % 4 == 0 ? 1u : 2u)) ++bad;
@@ -79,6 +88,7 @@ TEST(TransportStressTest, EveryRequestGetsItsOwnReply) {
   }
   for (auto& th : clients) th.join();
   EXPECT_EQ(bad.load(), 0);
+  (*t)->Stop();  // joins the I/O thread: its counters are final
   EXPECT_EQ((*t)->counters().replies.load(), static_cast<uint64_t>(kClients) * kRequests);
 }
 

@@ -5,10 +5,9 @@
 #include <thread>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 #include <unistd.h>
 #include <zmq.hpp>
-
-#include <nlohmann/json.hpp>
 
 #include "kvtier/common/mutex.h"
 #include "kvtier/protocol/codec.h"
@@ -25,14 +24,16 @@ std::span<const uint8_t> Bytes(const zmq::message_t& m) {
 // A raw DEALER client speaking frames by hand (so tests can also send garbage).
 class RawClient {
  public:
-  RawClient(zmq::context_t& ctx, const std::string& endpoint) : socket_(ctx, zmq::socket_type::dealer) {
+  RawClient(zmq::context_t& ctx, const std::string& endpoint)
+      : socket_(ctx, zmq::socket_type::dealer) {
     socket_.set(zmq::sockopt::linger, 0);
     socket_.set(zmq::sockopt::rcvtimeo, 10000);  // a test that gets no reply fails, not hangs
     socket_.connect(endpoint);
   }
   void SendFrames(const std::vector<std::vector<uint8_t>>& frames) {
     for (size_t i = 0; i < frames.size(); ++i) {
-      socket_.send(zmq::buffer(frames[i]), i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
+      socket_.send(zmq::buffer(frames[i]),
+                   i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
     }
   }
   void Send(uint64_t id, const protocol::Request& r) {
@@ -106,7 +107,7 @@ TEST_F(TransportTest, RequestsGetTheirRepliesWithIdAndOpcode) {
   c.Send(43, protocol::ClearRequest{true});
   r = c.Receive();
   EXPECT_EQ(std::get<protocol::ClearReply>(r.reply).cleared, 1u);
-  EXPECT_EQ(transport_->counters().replies.load(), 2u);
+  EXPECT_EQ(transport_->counters().requests.load(), 2u);  // counted before dispatch
 }
 
 TEST_F(TransportTest, MalformedMessagesGetErrorRepliesAndTheServerKeepsServing) {
@@ -190,7 +191,7 @@ TEST_F(TransportTest, AFullPoolAnswersBusyAndRetryable) {
       o);
   RawClient c(ctx_, endpoint_);
   c.Send(1, protocol::NoopRequest{});
-  started.wait();                       // 1 runs and blocks
+  started.wait();                      // 1 runs and blocks
   c.Send(2, protocol::NoopRequest{});  // 2 queues
   c.Send(3, protocol::NoopRequest{});  // 3 is refused
   auto r = c.Receive();
@@ -224,7 +225,8 @@ TEST_F(TransportTest, TransfersOfOneClientRunOnOneThreadInOrder) {
       o);
   constexpr int kClients = 4, kRequests = 50;
   std::vector<std::unique_ptr<RawClient>> clients;
-  for (int c = 0; c < kClients; ++c) clients.push_back(std::make_unique<RawClient>(ctx_, endpoint_));
+  for (int c = 0; c < kClients; ++c)
+    clients.push_back(std::make_unique<RawClient>(ctx_, endpoint_));
   for (int i = 0; i < kRequests; ++i) {
     for (int c = 0; c < kClients; ++c) {
       protocol::StoreRequest s;
@@ -239,7 +241,8 @@ TEST_F(TransportTest, TransfersOfOneClientRunOnOneThreadInOrder) {
     }
   }
   for (int c = 0; c < kClients; ++c) {
-    for (int i = 0; i < kRequests; ++i) EXPECT_EQ(clients[c]->Receive().header.request_id, static_cast<uint64_t>(i));
+    for (int i = 0; i < kRequests; ++i)
+      EXPECT_EQ(clients[c]->Receive().header.request_id, static_cast<uint64_t>(i));
   }
   MutexLock lock(&mu);
   for (int c = 0; c < kClients; ++c) {
@@ -306,7 +309,9 @@ TEST_F(TransportTest, RepliesMayComeFromAnyThreadLater) {
 }
 
 TEST(TransportStartTest, BadEndpointsAreClearErrors) {
-  auto h = [](const protocol::Request&, Transport::ReplyFn reply) { reply(protocol::EmptyReply{}); };
+  auto h = [](const protocol::Request&, Transport::ReplyFn reply) {
+    reply(protocol::EmptyReply{});
+  };
   TransportOptions o;
   o.endpoints = {"nonsense://x"};
   auto t = Transport::Start(o, h);
@@ -330,7 +335,8 @@ TEST(TransportStartTest, IpcEndpointsWork) {
   std::string path = "/tmp/kvt-transport-test-" + std::to_string(::getpid()) + ".sock";
   TransportOptions o;
   o.endpoints = {"ipc://" + path};
-  auto t = Transport::Start(o, [](const protocol::Request&, Transport::ReplyFn reply) { reply(protocol::EmptyReply{}); });
+  auto t = Transport::Start(
+      o, [](const protocol::Request&, Transport::ReplyFn reply) { reply(protocol::EmptyReply{}); });
   ASSERT_TRUE(t.has_value()) << t.error().ToString();
   zmq::context_t ctx(1);
   RawClient c(ctx, "ipc://" + path);
