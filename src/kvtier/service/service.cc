@@ -1,0 +1,150 @@
+#include "kvtier/service/service.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "kvtier/admin/prometheus.h"
+#include "kvtier/common/logging.h"
+#include "kvtier/common/units.h"
+
+namespace kvtier::service {
+
+Service::Service(const ServiceOptions& options)
+    : options_(options), started_(Clock::Real()->Now()) {}
+
+Result<std::unique_ptr<Service>> Service::Start(const ServiceOptions& options) {
+  if (options.tick_interval <= Duration::zero()) {
+    return MakeError(Status::InvalidArgument("service: tick_interval must be positive"));
+  }
+  std::unique_ptr<Service> s(new Service(options));
+  auto fail = [](std::string_view part, const Status& status) {
+    return MakeError(
+        Status(status.code(), fmt::format("starting the {}: {}", part, status.message())));
+  };
+
+  auto storage = storage::StorageManager::Create(options.storage);
+  if (!storage) return fail("storage", storage.error());
+  s->storage_ = std::move(*storage);
+
+  if (options.copy_threads > 0)
+    s->copy_pool_ = std::make_unique<transfer::CopyPool>(options.copy_threads);
+  transfer::HostBackendOptions host = options.host_transfer;
+  host.pool = s->copy_pool_.get();
+  const uint32_t chunk_size = options.engine.chunk_size;
+  server::BackendFactory backends = [host, chunk_size](const protocol::RegisterKvCacheRequest& r)
+      -> Result<std::unique_ptr<transfer::TransferBackend>> {
+    if (r.backend == "host") {
+      KVT_ASSIGN_OR_RETURN(auto backend, transfer::HostBackend::Create(r, chunk_size, host));
+      return std::unique_ptr<transfer::TransferBackend>(std::move(backend));
+    }
+    return MakeError(Status::NotSupported(fmt::format(
+        "transfer backend '{}' is not available in this server (available: host)", r.backend)));
+  };
+  server::EngineOptions engine_options = options.engine;
+  auto engine =
+      server::Engine::Create(engine_options, s->storage_.get(), Clock::Real(), std::move(backends));
+  if (!engine) {
+    s->storage_->Close();
+    return fail("engine", engine.error());
+  }
+  s->engine_ = std::move(*engine);
+
+  server::Engine* e = s->engine_.get();
+  auto transport = server::Transport::Start(
+      options.transport, [e](const protocol::Request& r, server::Transport::ReplyFn reply) {
+        e->Handle(r, std::move(reply));
+      });
+  if (!transport) {
+    s->engine_->Shutdown();
+    s->storage_->Close();
+    return fail("transport", transport.error());
+  }
+  s->transport_ = std::move(*transport);
+  s->tick_ = std::thread([raw = s.get()] { raw->TickLoop(); });
+
+  if (options.admin_enabled) {
+    Service* raw = s.get();
+    admin::AdminHandlers handlers;
+    handlers.health = [] { return Status::OK(); };
+    handlers.status = [raw] { return raw->StatusJson(); };
+    handlers.metrics = [raw] { return raw->MetricsText(); };
+    handlers.clear = [raw](bool force) -> Result<nlohmann::json> {
+      return nlohmann::json{{"cleared", raw->storage_->ClearL1(force)}};
+    };
+    auto admin = admin::AdminServer::Start(options.admin, std::move(handlers));
+    if (!admin) {
+      s->Shutdown();
+      return fail("admin endpoint", admin.error());
+    }
+    s->admin_ = std::move(*admin);
+  }
+  KVT_LOG_INFO("kvtier server '{}' serving on {}{}", options.engine.server_id,
+               fmt::join(s->transport_->endpoints(), ", "),
+               s->admin_
+                   ? fmt::format(", admin on http://{}:{}", options.admin.host, s->admin_->port())
+                   : "");
+  return s;
+}
+
+Service::~Service() { Shutdown(); }
+
+void Service::TickLoop() {
+  for (;;) {
+    {
+      MutexLock lock(&tick_mu_);
+      const auto deadline = std::chrono::steady_clock::now() + options_.tick_interval;
+      while (!stopping_) {
+        if (!tick_cv_.WaitUntil(&tick_mu_, deadline)) break;
+      }
+      if (stopping_) return;
+    }
+    engine_->Tick();
+  }
+}
+
+bool Service::Shutdown() {
+  if (shut_down_) return flushed_;
+  shut_down_ = true;
+  if (admin_) admin_->Stop();
+  if (transport_) transport_->Stop();  // answers what it took; takes nothing more
+  {
+    MutexLock lock(&tick_mu_);
+    stopping_ = true;
+    tick_cv_.NotifyAll();
+  }
+  if (tick_.joinable()) tick_.join();
+  if (engine_) engine_->Shutdown();  // sessions' locks released, waits answered
+  if (storage_) {
+    flushed_ = storage_->FlushToL2(options_.flush_timeout);
+    if (!flushed_)
+      KVT_LOG_WARN("shutdown: L2 stores still pending after {}; they are dropped",
+                   FormatDuration(options_.flush_timeout));
+    storage_->Close();  // before the engine goes: prefetch watchers point into it
+  }
+  engine_.reset();
+  copy_pool_.reset();
+  KVT_LOG_INFO("kvtier server stopped");
+  return flushed_;
+}
+
+nlohmann::json Service::StatusJson() const {
+  nlohmann::json j;
+  j["server"] = {
+      {"id", options_.engine.server_id},
+      {"version", options_.engine.server_version},
+      {"uptime_seconds", std::chrono::duration<double>(Clock::Real()->Now() - started_).count()},
+      {"chunk_size", options_.engine.chunk_size}};
+  j["transport"] = transport_->StatusJson();
+  j["engine"] = engine_->StatusJson();
+  j["storage"] = storage_->StatusJson();
+  if (admin_) j["admin"] = admin_->RequestCountsJson();
+  return j;
+}
+
+std::string Service::MetricsText() const {
+  admin::PrometheusWriter w;
+  admin::AppendJsonAsGauges(w, "kvtier", StatusJson());
+  return w.Finish();
+}
+
+}  // namespace kvtier::service
