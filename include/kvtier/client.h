@@ -1,8 +1,8 @@
 // kvtier C++ client: talks to a `kvtier server` over ZMQ (DEALER) with the v1 protocol
 // (docs/protocol.md).
 //
-//   KVT_ASSIGN_OR_RETURN(auto client, kvtier::Client::Connect({.endpoint = "tcp://127.0.0.1:5555"}));
-//   auto stored = client->Store(store_request);            // returns at once
+//   KVT_ASSIGN_OR_RETURN(auto client, kvtier::Client::Connect({.endpoint = "tcp://host:5555"}));
+//   auto stored = client->Store(store_request);  // returns at once
 //   KVT_ASSIGN_OR_RETURN(protocol::StoreReply r, stored.Result());
 //
 // Every request returns a MessagingFuture at once; one background I/O thread owns the socket,
@@ -57,17 +57,20 @@ class Client {
   const protocol::HelloReply& server_info() const;
 
   // Any request; the future holds the typed reply (an ErrorReply never: errors are Statuses).
-  // `timeout`: this request's deadline; kWaitForever uses options.request_timeout.
+  // `timeout`: this request's deadline; kWaitForever uses options.request_timeout, zero means
+  // no deadline (as in ClientOptions), a negative one is kInvalidArgument.
   MessagingFuture<protocol::Reply> Send(protocol::Request request, Timeout timeout = kWaitForever);
 
   // Typed forms of Send.
-  MessagingFuture<protocol::RegisterKvCacheReply> RegisterKvCache(protocol::RegisterKvCacheRequest r);
+  MessagingFuture<protocol::RegisterKvCacheReply> RegisterKvCache(
+      protocol::RegisterKvCacheRequest r);
   MessagingFuture<protocol::EmptyReply> UnregisterKvCache(std::string instance_id);
   MessagingFuture<protocol::ChunkSizeReply> GetChunkSize();
   MessagingFuture<protocol::EmptyReply> Lookup(protocol::LookupRequest r);
   MessagingFuture<protocol::PrefetchStatusReply> QueryPrefetchStatus(std::string request_id);
   // The request's deadline is extended by `wait` so the server's answer can arrive.
-  MessagingFuture<protocol::PrefetchStatusReply> WaitPrefetchStatus(std::string request_id, Duration wait);
+  MessagingFuture<protocol::PrefetchStatusReply> WaitPrefetchStatus(std::string request_id,
+                                                                    Duration wait);
   MessagingFuture<protocol::LookupHitsReply> QueryPrefetchLookupHits(std::string request_id);
   MessagingFuture<protocol::StoreReply> Store(protocol::StoreRequest r);
   MessagingFuture<protocol::RetrieveReply> Retrieve(protocol::RetrieveRequest r);
@@ -80,7 +83,8 @@ class Client {
   // Requests queued or awaiting a reply.
   size_t pending() const;
   // Completes every pending future with kCancelled and stops the I/O thread. Idempotent;
-  // later calls complete at once with kCancelled.
+  // later calls complete at once with kCancelled. Future callbacks (OnReady) run on the I/O
+  // thread: they must not block, nor close or destroy the client (that aborts).
   void Close();
 
   class Impl;
