@@ -1,5 +1,6 @@
 #include "kvtier/server/transport.h"
 
+#include <array>
 #include <deque>
 #include <exception>
 #include <span>
@@ -46,6 +47,7 @@ struct Transport::State {
   std::atomic<bool> draining{false};  // Stop began: read no more requests
   std::atomic<bool> stop{false};      // pools are done: flush and leave
   std::atomic<uint64_t> dropped_late{0};
+  std::array<LatencyHistogram, protocol::kMaxOpcode + 1> latency;
 
   zmq::context_t context{1};
   std::unique_ptr<WorkerPool> control;
@@ -193,14 +195,21 @@ void Transport::Loop(zmq::socket_t& socket) {
   socket.close();
 }
 
+const LatencyHistogram& Transport::latency(protocol::Opcode op) const {
+  const auto i = static_cast<size_t>(op);
+  return state_->latency[i < state_->latency.size() ? i : 0];
+}
+
 void Transport::OnMessage(std::vector<std::string> frames) {
   counters_.requests.fetch_add(1, std::memory_order_relaxed);
+  const auto arrived = std::chrono::steady_clock::now();
   std::shared_ptr<State> st = state_;
   std::string identity = std::move(frames[0]);
   auto reject = [&](Opcode op, uint64_t id, const Status& s) {
     counters_.malformed.fetch_add(1, std::memory_order_relaxed);
     KVT_LOG_DEBUG("transport: malformed request: {}", s.ToString());
     st->Push(identity, protocol::EncodeReply(op, id, protocol::ToErrorReply(s)));
+    st->latency[0].Record(std::chrono::steady_clock::now() - arrived);
   };
   if (frames.size() < 2) {
     reject(Opcode::kInvalid, 0,
@@ -229,9 +238,10 @@ void Transport::OnMessage(std::vector<std::string> frames) {
 
   // The reply function: exactly once, from any thread; encodes on the caller's thread.
   auto answered = std::make_shared<std::atomic<bool>>(false);
-  ReplyFn reply = [st, identity, op, id, answered](protocol::Reply r) {
+  ReplyFn reply = [st, identity, op, id, answered, arrived](protocol::Reply r) {
     if (answered->exchange(true)) return;
     st->Push(identity, protocol::EncodeReply(op, id, r));
+    st->latency[static_cast<size_t>(op)].Record(std::chrono::steady_clock::now() - arrived);
   };
   auto task = [this, st, request = std::move(*request), reply]() mutable {
     try {

@@ -21,6 +21,7 @@
 
 #include "kvtier/common/result.h"
 #include "kvtier/protocol/messages.h"
+#include "kvtier/server/latency_histogram.h"
 
 namespace zmq {
 class socket_t;
@@ -67,6 +68,9 @@ class Transport {
   void Stop();
 
   const TransportCounters& counters() const { return counters_; }
+  // Time from a request's arrival to its reply being queued for sending, per opcode (opcode 0:
+  // malformed messages).
+  const LatencyHistogram& latency(protocol::Opcode op) const;
   nlohmann::json StatusJson() const;
 
   struct State;  // shared with the reply functions handed out

@@ -348,3 +348,40 @@ TEST(TransportStartTest, IpcEndpointsWork) {
 
 }  // namespace
 }  // namespace kvtier::server
+
+namespace kvtier::server {
+namespace {
+
+TEST(LatencyHistogramTest, BucketsAreCumulativeAndSumIsInSeconds) {
+  LatencyHistogram h;
+  h.Record(std::chrono::microseconds(10));   // <= 50
+  h.Record(std::chrono::microseconds(50));   // <= 50 (bounds are inclusive)
+  h.Record(std::chrono::microseconds(700));  // <= 1000
+  h.Record(std::chrono::seconds(100));       // +Inf
+  auto s = h.Read();
+  EXPECT_EQ(s.count, 4u);
+  EXPECT_EQ(s.cumulative[0], 2u);
+  EXPECT_EQ(s.cumulative[3], 2u);  // <= 500
+  EXPECT_EQ(s.cumulative[4], 3u);  // <= 1000
+  EXPECT_EQ(s.cumulative[LatencyHistogram::kBoundsUs.size() - 1], 3u);
+  EXPECT_EQ(s.cumulative.back(), 4u);
+  EXPECT_NEAR(s.sum_seconds, 100.00076, 1e-9);
+}
+
+TEST_F(TransportTest, LatenciesAreRecordedPerOpcode) {
+  Start(Echo);
+  RawClient c(ctx_, endpoint_);
+  for (uint64_t i = 0; i < 5; ++i) c.Send(i, protocol::NoopRequest{});
+  c.Send(9, protocol::ClearRequest{});
+  for (int i = 0; i < 6; ++i) c.Receive();
+  c.SendFrames({{1, 2, 3}});
+  c.ReceiveError();
+  transport_->Stop();  // every reply function has returned
+  EXPECT_EQ(transport_->latency(Opcode::kNoop).Read().count, 5u);
+  EXPECT_EQ(transport_->latency(Opcode::kClear).Read().count, 1u);
+  EXPECT_EQ(transport_->latency(Opcode::kInvalid).Read().count, 1u);
+  EXPECT_EQ(transport_->latency(Opcode::kStore).Read().count, 0u);
+}
+
+}  // namespace
+}  // namespace kvtier::server
