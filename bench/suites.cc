@@ -6,6 +6,8 @@ const std::vector<Suite>& AllSuites() {
   static const std::vector<Suite> suites = {
       {"l1", "L1 lookup path, store path under eviction, metadata bytes per object", RunL1Suite},
       {"l2", "fs vs raw disk I/O, redis vs redis-benchmark, store controller overhead", RunL2Suite},
+      {"server", "LOOKUP round trips vs bare ZMQ echo (ipc, tcp); STORE/RETRIEVE GB/s vs memcpy",
+       RunServerSuite},
       {"sync", "FastLock vs std::mutex, RWLock vs std::shared_mutex", RunSyncSuite},
   };
   return suites;

@@ -8,5 +8,6 @@ namespace kvtier::bench {
 Status RunSyncSuite(const SuiteOptions& options, Reporter* reporter);  // sync_suite.cc
 Status RunL1Suite(const SuiteOptions& options, Reporter* reporter);    // l1_suite.cc
 Status RunL2Suite(const SuiteOptions& options, Reporter* reporter);    // l2_suite.cc
+Status RunServerSuite(const SuiteOptions& options, Reporter* reporter);  // server_suite.cc
 
 }  // namespace kvtier::bench
