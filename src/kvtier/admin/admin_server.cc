@@ -320,7 +320,7 @@ class AdminServer::Impl {
     server_.set_error_handler(httplib::Server::HandlerWithResponse(
         [](const Request& req, Response& res) { return FillHttpError(req, res); }));
     // A backstop: Guarded already catches what handlers throw.
-    server_.set_exception_handler([](const Request&, Response& res, std::exception_ptr) {
+    server_.set_exception_handler([](const Request&, Response& res, const std::exception_ptr&) {
       SetError(res, Status::Internal("unhandled exception"));
     });
     // Runs for every reply (httplib's own errors included) before it is written, so a client

@@ -473,6 +473,7 @@ TEST_F(AdminServerTest, StopIsIdempotentAndFreesThePort) {
 TEST_F(AdminServerTest, ConcurrentStopsAllReturn) {
   ASSERT_NO_FATAL_FAILURE(StartServer(OkHandlers()));
   std::vector<std::thread> stoppers;
+  stoppers.reserve(4);
   for (int i = 0; i < 4; ++i) stoppers.emplace_back([this] { server_->Stop(); });
   for (auto& t : stoppers) t.join();
   EXPECT_FALSE(client_->Get("/api/healthcheck"));
@@ -549,6 +550,7 @@ TEST_F(AdminServerTest, ManyConcurrentClients) {
   constexpr int kRounds = 20;
   std::atomic<int> failures{0};
   std::vector<std::thread> clients;
+  clients.reserve(kThreads);
   for (int t = 0; t < kThreads; ++t) {
     clients.emplace_back([this, &failures] {
       auto client = NewClient();
@@ -634,7 +636,7 @@ TEST_F(AdminServerTest, MetricsOfARealisticStatusTreeParseBack) {
     "nan_like": null
   })");
   AdminHandlers h = OkHandlers();
-  h.status = [tree] { return tree; };
+  h.status = [tree] { return Json(tree); };
   h.metrics = [tree] {
     PrometheusWriter w;
     w.Counter("kvtier_build_info_total", "Build information.\nSecond line.", 1,
