@@ -72,6 +72,71 @@ void PrometheusWriter::Reject(Status why) {
   last_error_ = std::move(why);
 }
 
+bool PrometheusWriter::RenderLabels(std::string_view name, const PrometheusLabels& labels,
+                                    std::string* rendered, std::string* series_key) {
+  rendered->clear();
+  for (size_t i = 0; i < labels.size(); ++i) {
+    const std::string& label = labels[i].first;
+    if (!IsValidLabelName(label) || label.starts_with("__") || label == "le") {
+      Reject(Status::InvalidArgument("metric " + Quoted(name) + ": invalid label name " +
+                                     Quoted(label)));
+      return false;
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (labels[j].first == label) {
+        Reject(Status::InvalidArgument("metric " + Quoted(name) + ": label " + Quoted(label) +
+                                       " given twice"));
+        return false;
+      }
+    }
+    *rendered += rendered->empty() ? "{" : ",";
+    *rendered += label + "=\"" + Escape(labels[i].second, /*quote=*/true) + "\"";
+  }
+  if (!rendered->empty()) *rendered += "}";
+  // The same series may come with its labels in another order: compare sorted label sets.
+  PrometheusLabels sorted = labels;
+  std::sort(sorted.begin(), sorted.end());
+  series_key->clear();
+  for (const auto& [label, label_value] : sorted) {
+    *series_key += label + "=\"" + Escape(label_value, /*quote=*/true) + "\",";
+  }
+  return true;
+}
+
+PrometheusWriter::Family* PrometheusWriter::FamilyFor(Type type, std::string_view name,
+                                                      std::string_view help,
+                                                      const std::string& series_key,
+                                                      const std::string& rendered) {
+  auto it = families_.find(name);
+  if (it == families_.end()) {
+    it = families_.emplace(std::string(name), Family{type, Escape(help, /*quote=*/false), {}, {}})
+             .first;
+    order_.emplace_back(name);
+  } else if (it->second.type != type) {
+    Reject(Status::InvalidArgument("metric " + Quoted(name) + " is already a " +
+                                   TypeName(it->second.type)));
+    return nullptr;
+  }
+  if (!it->second.series.insert(series_key).second) {
+    Reject(Status::InvalidArgument("metric " + Quoted(name) + ": series " +
+                                   (rendered.empty() ? "{}" : rendered) + " written twice"));
+    return nullptr;
+  }
+  return &it->second;
+}
+
+const char* PrometheusWriter::TypeName(Type type) {
+  switch (type) {
+    case Type::kCounter:
+      return "counter";
+    case Type::kGauge:
+      return "gauge";
+    case Type::kHistogram:
+      return "histogram";
+  }
+  return "untyped";
+}
+
 void PrometheusWriter::Add(Type type, std::string_view name, std::string_view help, double value,
                            const PrometheusLabels& labels) {
   if (!IsValidMetricName(name)) {
@@ -81,47 +146,46 @@ void PrometheusWriter::Add(Type type, std::string_view name, std::string_view he
     return Reject(Status::InvalidArgument("counter " + Quoted(name) + " must be >= 0, got " +
                                           FormatPrometheusValue(value)));
   }
-  std::string rendered;
-  for (size_t i = 0; i < labels.size(); ++i) {
-    const std::string& label = labels[i].first;
-    if (!IsValidLabelName(label) || label.starts_with("__")) {
-      return Reject(Status::InvalidArgument("metric " + Quoted(name) + ": invalid label name " +
-                                            Quoted(label)));
-    }
-    for (size_t j = 0; j < i; ++j) {
-      if (labels[j].first == label) {
-        return Reject(Status::InvalidArgument("metric " + Quoted(name) + ": label " +
-                                              Quoted(label) + " given twice"));
-      }
-    }
-    rendered += rendered.empty() ? "{" : ",";
-    rendered += label + "=\"" + Escape(labels[i].second, /*quote=*/true) + "\"";
-  }
-  if (!rendered.empty()) rendered += "}";
+  std::string rendered, series_key;
+  if (!RenderLabels(name, labels, &rendered, &series_key)) return;
+  Family* family = FamilyFor(type, name, help, series_key, rendered);
+  if (family == nullptr) return;
+  family->samples.push_back(std::string(name) + rendered + " " + FormatPrometheusValue(value));
+}
 
-  // The same series may come with its labels in another order: compare sorted label sets.
-  PrometheusLabels sorted = labels;
-  std::sort(sorted.begin(), sorted.end());
-  std::string series_key;
-  for (const auto& [label, label_value] : sorted) {
-    series_key += label + "=\"" + Escape(label_value, /*quote=*/true) + "\",";
+void PrometheusWriter::Histogram(std::string_view name, std::string_view help,
+                                 std::span<const double> upper_bounds,
+                                 std::span<const uint64_t> cumulative, double sum,
+                                 const PrometheusLabels& labels) {
+  if (!IsValidMetricName(name)) {
+    return Reject(Status::InvalidArgument("invalid metric name " + Quoted(name)));
   }
-
-  auto it = families_.find(name);
-  if (it == families_.end()) {
-    it = families_.emplace(std::string(name), Family{type, Escape(help, /*quote=*/false), {}, {}})
-             .first;
-    order_.emplace_back(name);
-  } else if (it->second.type != type) {
-    return Reject(
-        Status::InvalidArgument("metric " + Quoted(name) + " is already a " +
-                                (it->second.type == Type::kCounter ? "counter" : "gauge")));
+  if (cumulative.size() != upper_bounds.size() + 1) {
+    return Reject(Status::InvalidArgument("histogram " + Quoted(name) +
+                                          ": needs one count per bound plus +Inf"));
   }
-  if (!it->second.series.insert(series_key).second) {
-    return Reject(Status::InvalidArgument("metric " + Quoted(name) + ": series " +
-                                          (rendered.empty() ? "{}" : rendered) + " written twice"));
+  for (size_t i = 0; i < upper_bounds.size(); ++i) {
+    if ((i > 0 && !(upper_bounds[i] > upper_bounds[i - 1])) || cumulative[i] > cumulative[i + 1]) {
+      return Reject(Status::InvalidArgument(
+          "histogram " + Quoted(name) + ": bounds must increase and counts must be cumulative"));
+    }
   }
-  it->second.samples.push_back(std::string(name) + rendered + " " + FormatPrometheusValue(value));
+  std::string rendered, series_key;
+  if (!RenderLabels(name, labels, &rendered, &series_key)) return;
+  Family* family = FamilyFor(Type::kHistogram, name, help, series_key, rendered);
+  if (family == nullptr) return;
+  // {a="x"} -> {a="x",le="..."}; {} -> {le="..."}
+  const std::string open = rendered.empty() ? "{" : rendered.substr(0, rendered.size() - 1) + ",";
+  const std::string n(name);
+  for (size_t i = 0; i <= upper_bounds.size(); ++i) {
+    const std::string le =
+        i < upper_bounds.size() ? FormatPrometheusValue(upper_bounds[i]) : "+Inf";
+    family->samples.push_back(n + "_bucket" + open + "le=\"" + le + "\"} " +
+                              FormatPrometheusValue(static_cast<double>(cumulative[i])));
+  }
+  family->samples.push_back(n + "_sum" + rendered + " " + FormatPrometheusValue(sum));
+  family->samples.push_back(n + "_count" + rendered + " " +
+                            FormatPrometheusValue(static_cast<double>(cumulative.back())));
 }
 
 std::string PrometheusWriter::Finish() {
@@ -129,7 +193,7 @@ std::string PrometheusWriter::Finish() {
   for (const std::string& name : order_) {
     const Family& family = families_.at(name);
     if (!family.help.empty()) out += "# HELP " + name + " " + family.help + "\n";
-    out += "# TYPE " + name + (family.type == Type::kCounter ? " counter\n" : " gauge\n");
+    out += "# TYPE " + name + " " + TypeName(family.type) + "\n";
     for (const std::string& sample : family.samples) out += sample + "\n";
   }
   order_.clear();

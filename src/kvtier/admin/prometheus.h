@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <map>
 #include <set>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -49,6 +50,13 @@ class PrometheusWriter {
   void Gauge(std::string_view name, std::string_view help, double value,
              const PrometheusLabels& labels = {});
 
+  // A histogram: `cumulative[i]` observations <= upper_bounds[i], the last entry (one past the
+  // bounds) all of them (+Inf); `sum` of the observed values. Writes name_bucket{le=...},
+  // name_sum and name_count. Bounds must increase, counts must not decrease.
+  void Histogram(std::string_view name, std::string_view help, std::span<const double> upper_bounds,
+                 std::span<const uint64_t> cumulative, double sum,
+                 const PrometheusLabels& labels = {});
+
   // The exposition text (empty, or ending in a newline); resets the writer for reuse,
   // rejected() and last_error() included.
   std::string Finish();
@@ -58,7 +66,7 @@ class PrometheusWriter {
   const Status& last_error() const { return last_error_; }
 
  private:
-  enum class Type { kCounter, kGauge };
+  enum class Type { kCounter, kGauge, kHistogram };
   struct Family {
     Type type;
     std::string help;                  // escaped; the first call's help wins
@@ -69,6 +77,13 @@ class PrometheusWriter {
   void Add(Type type, std::string_view name, std::string_view help, double value,
            const PrometheusLabels& labels);
   void Reject(Status why);
+  static const char* TypeName(Type type);
+  // Validates and renders labels ("{a=\"x\"}" or ""); false (and rejected) when invalid.
+  bool RenderLabels(std::string_view name, const PrometheusLabels& labels, std::string* rendered,
+                    std::string* series_key);
+  // The family for a new series, or null (rejected) on a type clash or a duplicate series.
+  Family* FamilyFor(Type type, std::string_view name, std::string_view help,
+                    const std::string& series_key, const std::string& rendered);
 
   std::vector<std::string> order_;  // family names in first-seen order
   std::map<std::string, Family, std::less<>> families_;

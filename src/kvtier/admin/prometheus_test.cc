@@ -232,3 +232,44 @@ TEST(AppendJsonAsGaugesTest, AnInvalidPrefixIsRejected) {
 
 }  // namespace
 }  // namespace kvtier::admin
+
+namespace kvtier::admin {
+namespace {
+
+TEST(PrometheusHistogramTest, WritesBucketsSumAndCountWithLabels) {
+  PrometheusWriter w;
+  const std::vector<double> bounds = {0.001, 0.01};
+  const std::vector<uint64_t> counts = {2, 5, 7};
+  w.Histogram("req_seconds", "Request latency", bounds, counts, 0.25, {{"op", "STORE"}});
+  w.Histogram("req_seconds", "Request latency", bounds, std::vector<uint64_t>{0, 0, 1}, 3.0, {{"op", "NOOP"}});
+  EXPECT_EQ(w.Finish(),
+            "# HELP req_seconds Request latency\n"
+            "# TYPE req_seconds histogram\n"
+            "req_seconds_bucket{op=\"STORE\",le=\"0.001\"} 2\n"
+            "req_seconds_bucket{op=\"STORE\",le=\"0.01\"} 5\n"
+            "req_seconds_bucket{op=\"STORE\",le=\"+Inf\"} 7\n"
+            "req_seconds_sum{op=\"STORE\"} 0.25\n"
+            "req_seconds_count{op=\"STORE\"} 7\n"
+            "req_seconds_bucket{op=\"NOOP\",le=\"0.001\"} 0\n"
+            "req_seconds_bucket{op=\"NOOP\",le=\"0.01\"} 0\n"
+            "req_seconds_bucket{op=\"NOOP\",le=\"+Inf\"} 1\n"
+            "req_seconds_sum{op=\"NOOP\"} 3\n"
+            "req_seconds_count{op=\"NOOP\"} 1\n");
+}
+
+TEST(PrometheusHistogramTest, RejectsInconsistentInput) {
+  PrometheusWriter w;
+  const std::vector<double> bounds = {0.1, 0.2};
+  w.Histogram("h", "", bounds, std::vector<uint64_t>{1, 2}, 0);          // one count short
+  w.Histogram("h", "", bounds, std::vector<uint64_t>{3, 2, 4}, 0);       // not cumulative
+  w.Histogram("h", "", std::vector<double>{0.2, 0.1}, std::vector<uint64_t>{1, 2, 3}, 0);  // bounds decrease
+  w.Histogram("h", "", bounds, std::vector<uint64_t>{1, 2, 3}, 0, {{"le", "x"}});           // reserved label
+  EXPECT_EQ(w.rejected(), 4u);
+  w.Gauge("g", "", 1);
+  w.Histogram("g", "", bounds, std::vector<uint64_t>{1, 2, 3}, 0);  // already a gauge
+  EXPECT_EQ(w.rejected(), 5u);
+  EXPECT_EQ(w.Finish(), "# TYPE g gauge\ng 1\n");
+}
+
+}  // namespace
+}  // namespace kvtier::admin

@@ -143,6 +143,17 @@ nlohmann::json Service::StatusJson() const {
 
 std::string Service::MetricsText() const {
   admin::PrometheusWriter w;
+  std::vector<double> bounds;
+  for (uint64_t us : server::LatencyHistogram::kBoundsUs)
+    bounds.push_back(static_cast<double>(us) / 1e6);
+  for (uint16_t op = 0; op <= protocol::kMaxOpcode; ++op) {
+    const auto opcode = static_cast<protocol::Opcode>(op);
+    const server::LatencyHistogram::Snapshot s = transport_->latency(opcode).Read();
+    if (s.count == 0) continue;
+    w.Histogram("kvtier_request_duration_seconds",
+                "Time from a request's arrival to its reply (opcode INVALID: malformed requests)",
+                bounds, s.cumulative, s.sum_seconds, {{"opcode", protocol::OpcodeName(opcode)}});
+  }
   admin::AppendJsonAsGauges(w, "kvtier", StatusJson());
   return w.Finish();
 }

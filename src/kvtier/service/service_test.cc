@@ -196,6 +196,10 @@ TEST_F(ServiceTest, AdminEndpointServesStatusMetricsAndClear) {
   ASSERT_TRUE(metrics);
   EXPECT_EQ(metrics->status, 200);
   EXPECT_NE(metrics->body.find("kvtier_transport_requests"), std::string::npos);
+  EXPECT_NE(
+      metrics->body.find("kvtier_request_duration_seconds_bucket{opcode=\"NOOP\",le=\"+Inf\"} 1"),
+      std::string::npos)
+      << metrics->body;
   auto clear = http.Post("/api/clear", "", "application/json");
   ASSERT_TRUE(clear);
   EXPECT_EQ(clear->status, 200);
