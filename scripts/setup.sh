@@ -16,6 +16,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev googletest libbenchmark-dev redis-server
   # python package and integration tests
   python3 python3-dev python3-pytest python3-numpy pybind11-dev python3-pybind11
+  python3-venv python3-setuptools python3-pip python3-wheel python3-zmq python3-msgpack
 )
 
 missing=()
