@@ -6,6 +6,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "kvtier/config/server_config.h"
+
 namespace kvtier::apps {
 
 struct BenchArgs {
@@ -19,17 +21,26 @@ CLI::App* AddBenchCommand(CLI::App& app, BenchArgs* args);
 int RunBench(const BenchArgs& args);
 
 struct DemoArgs {
+  std::string endpoint;
   std::string l1_size = "96MiB";
   std::string eviction = "lru";
-  std::string hash = "sha256";
-  uint32_t chunk_size = 256;
-  int documents = 3;
-  int document_tokens = 4096;
-  int question_tokens = 300;
-  int requests = 12;
+  std::string l2_dir;
+  int conversations = 4;
+  int turns = 6;
+  int system_tokens = 2048;
+  int user_tokens = 256;
+  int answer_tokens = 192;
   uint64_t seed = 42;
 };
 CLI::App* AddDemoCommand(CLI::App& app, DemoArgs* args);
 int RunDemo(const DemoArgs& args);
+
+struct ServerArgs {
+  config::ServerFlags flags;
+  bool print_config = false;
+  bool log_level_given = false;  // the global --log-level wins over the config's log_level
+};
+CLI::App* AddServerCommand(CLI::App& app, ServerArgs* args);
+int RunServer(const ServerArgs& args);
 
 }  // namespace kvtier::apps

@@ -14,6 +14,19 @@ using protocol::Reply;
 
 namespace {
 
+// Every block id a request uses must exist in the worker's registered cache (kOutOfRange).
+Status CheckBlockIds(const protocol::RegisterKvCacheRequest& w, std::span<const uint32_t> ids,
+                     const char* op) {
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] >= w.layout.num_blocks) {
+      return Status::OutOfRange(fmt::format(
+          "{}: block id {} (index {}) is out of range: instance '{}' registered {} blocks", op,
+          ids[i], i, w.instance_id, w.layout.num_blocks));
+    }
+  }
+  return Status::OK();
+}
+
 protocol::ErrorReply Err(const Status& s) {
   return protocol::ErrorReply{s.code(), std::string(s.message()), s.retryable()};
 }
@@ -332,6 +345,9 @@ Reply Engine::Store(const protocol::StoreRequest& r) {
     return Err(Status::InvalidArgument(fmt::format(
         "{} chunks need {} block ids, got {}; nothing stored", n, n * bpc, r.block_ids.size())));
   }
+  // Checked before anything else, so that a bad request fails even when every chunk is cached.
+  if (Status s = CheckBlockIds(w, std::span(r.block_ids).first(n * bpc), "STORE"); !s.ok())
+    return Err(s);
   auto space = SpaceOf(r.key);
   if (!space) return Err(space.error());
   std::shared_ptr<Session> session = sessions_.Get(r.key.request_id);  // never created by a store
