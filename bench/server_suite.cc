@@ -247,6 +247,7 @@ Status Bandwidth(const SuiteOptions& options, Reporter* reporter) {
   so.copy_threads = 1;  // plus the transfer thread itself: 2 threads copy
   so.host_transfer.min_parallel_bytes = 1;
   so.storage.l1.capacity_bytes = request_bytes * 2 + (64ull << 20);
+  so.storage.l1.populate = true;  // steady state: L1 pages are faulted in at start (as in production)
   so.admin_enabled = false;
   KVT_ASSIGN_OR_RETURN(auto service, service::Service::Start(so));
   ClientOptions co;
