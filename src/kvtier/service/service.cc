@@ -6,6 +6,7 @@
 #include "kvtier/admin/prometheus.h"
 #include "kvtier/common/logging.h"
 #include "kvtier/common/units.h"
+#include "kvtier/keys/token_hasher.h"
 
 namespace kvtier::service {
 
@@ -65,7 +66,11 @@ Result<std::unique_ptr<Service>> Service::Start(const ServiceOptions& options) {
   if (options.admin_enabled) {
     Service* raw = s.get();
     admin::AdminHandlers handlers;
-    handlers.health = [] { return Status::OK(); };
+    handlers.health = [raw] {
+      return raw->storage_->healthy()
+                 ? Status::OK()
+                 : Status::Unavailable("a storage tier is unhealthy: see /api/status");
+    };
     handlers.status = [raw] { return raw->StatusJson(); };
     handlers.metrics = [raw] { return raw->MetricsText(); };
     handlers.clear = [raw](bool force) -> Result<nlohmann::json> {

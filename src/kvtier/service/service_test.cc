@@ -190,6 +190,8 @@ TEST_F(ServiceTest, AdminEndpointServesStatusMetricsAndClear) {
   ASSERT_EQ(status->status, 200);
   auto j = nlohmann::json::parse(status->body);
   EXPECT_EQ(j["server"]["id"], "test-server");
+  EXPECT_EQ(j["server"]["hash_algorithm"], "sha256");
+  EXPECT_EQ(j["server"]["healthy"], true);
   EXPECT_GE(j["transport"]["requests"].get<uint64_t>(), 2u);  // HELLO and NOOP
   EXPECT_TRUE(j.contains("storage"));
   auto metrics = http.Get("/metrics");
