@@ -138,7 +138,9 @@ nlohmann::json Service::StatusJson() const {
       {"id", options_.engine.server_id},
       {"version", options_.engine.server_version},
       {"uptime_seconds", std::chrono::duration<double>(Clock::Real()->Now() - started_).count()},
-      {"chunk_size", options_.engine.chunk_size}};
+      {"chunk_size", options_.engine.chunk_size},
+      {"hash_algorithm", std::string(keys::HashAlgorithmName(options_.engine.hash))},
+      {"healthy", storage_->healthy()}};
   j["transport"] = transport_->StatusJson();
   j["engine"] = engine_->StatusJson();
   j["storage"] = storage_->StatusJson();
