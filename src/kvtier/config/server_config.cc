@@ -647,7 +647,28 @@ class Dumper {
       return;
     }
     out_ << YAML::BeginSeq;
-    for (const nlohmann::json& a : adapters) internal::EmitJson(out_, a);
+    for (const nlohmann::json& a : adapters) {
+      if (!a.is_object()) {
+        internal::EmitJson(out_, a);
+        continue;
+      }
+      // "type" and "name" first, "eviction" last; the type's keys in between.
+      out_ << YAML::BeginMap;
+      auto emit = [&](const std::string& k, const nlohmann::json& v) {
+        out_ << YAML::Key;
+        internal::EmitString(out_, k);
+        out_ << YAML::Value;
+        internal::EmitJson(out_, v);
+      };
+      for (const char* first : {"type", "name"}) {
+        if (a.contains(first)) emit(first, a[first]);
+      }
+      for (const auto& [k, v] : a.items()) {
+        if (k != "type" && k != "name" && k != "eviction") emit(k, v);
+      }
+      if (a.contains("eviction")) emit("eviction", a["eviction"]);
+      out_ << YAML::EndMap;
+    }
     out_ << YAML::EndSeq;
   }
 

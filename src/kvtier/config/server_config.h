@@ -78,9 +78,8 @@ Result<ServerConfig> LoadServerConfigFile(const std::string& path);
 // Every rule of the config, on the values (errors name the key path): each field's rule as in
 // parsing, plus watermarks ordered, L1 alignment <= capacity, shm_name without hugepages,
 // unique endpoints and L2 adapter names, the admin port not taken by a transport endpoint, and
-// each L2 adapter config accepted by the l2 factory's parsers (ValidateL2AdapterConfig: nothing
-// is built that touches a disk or a network; the rest, e.g. a base_path that cannot be
-// created, fails at start).
+// each L2 adapter config accepted by the l2 parsers (ValidateL2AdapterConfig: nothing is built;
+// the rest, e.g. a base_path that cannot be created, fails at start).
 Status ValidateServerConfig(const ServerConfig& config);
 
 // The whole config as YAML, every key written (for `kvtier server --print-config`).

@@ -65,6 +65,42 @@ bool LooksLikeDecimalFloat(std::string_view s) {
   return i == s.size();
 }
 
+// Well-formed UTF-8 (no overlongs, surrogates or code points above U+10FFFF).
+bool IsValidUtf8(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    size_t n = 0;
+    uint32_t cp = 0;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xE0) == 0xC0) {
+      n = 1, cp = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      n = 2, cp = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      n = 3, cp = c & 0x07;
+    } else {
+      return false;
+    }
+    if (i + n >= s.size()) return false;
+    for (size_t k = 1; k <= n; ++k) {
+      const auto cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (cc & 0x3F);
+    }
+    static constexpr uint32_t kMin[] = {0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+    i += n + 1;
+  }
+  return true;
+}
+
+Status NotUtf8(const YamlSource& source, const YAML::Node& node, std::string_view path) {
+  return source.Error(node, path, "is not valid UTF-8");
+}
+
 bool IsNullWord(std::string_view s) {
   return s.empty() || s == "~" || s == "null" || s == "Null" || s == "NULL";
 }
@@ -96,6 +132,7 @@ Result<nlohmann::json> YamlToJsonImpl(const YamlSource& source, const YAML::Node
   }
   if (!node.IsDefined() || node.IsNull()) return nlohmann::json(nullptr);
   if (node.IsScalar()) {
+    if (!IsValidUtf8(node.Scalar())) return MakeError(NotUtf8(source, node, path));
     if (node.Tag() == "?") return PlainScalarToJson(node.Scalar());
     return nlohmann::json(node.Scalar());
   }
@@ -114,12 +151,13 @@ Result<nlohmann::json> YamlToJsonImpl(const YamlSource& source, const YAML::Node
   if (node.IsMap()) {
     nlohmann::json object = nlohmann::json::object();
     for (auto it = node.begin(); it != node.end(); ++it) {
-      const YAML::Node& key = it->first;
+      const YAML::Node key = it->first;  // a copy: it->first lives in a temporary
       if (!key.IsScalar()) {
         return MakeError(source.Error(
             key, path, fmt::format("keys must be strings, got {}", NodeKindName(key))));
       }
       const std::string& name = key.Scalar();
+      if (!IsValidUtf8(name)) return MakeError(NotUtf8(source, key, path));
       if (object.contains(name)) {
         return MakeError(
             source.Error(key, "", fmt::format("duplicate key '{}'", JoinPath(path, name))));
@@ -342,7 +380,7 @@ Result<MapReader> MapReader::Open(const YamlSource* source, const YAML::Node& no
                                    fmt::format("expected a mapping, got {}", NodeKindName(node))));
   }
   for (auto it = node.begin(); it != node.end(); ++it) {
-    const YAML::Node& key = it->first;
+    const YAML::Node key = it->first;  // a copy: it->first lives in a temporary
     if (!key.IsScalar()) {
       return MakeError(source->Error(
           key, reader.path_, fmt::format("keys must be strings, got {}", NodeKindName(key))));
@@ -401,6 +439,7 @@ Result<std::string> MapReader::Scalar(std::string_view key, std::string_view exp
     return MakeError(
         ErrorAt(key, fmt::format("expected {}, got {}", expected, NodeKindName(*value))));
   }
+  if (!IsValidUtf8(value->Scalar())) return MakeError(ErrorAt(key, "is not valid UTF-8"));
   return value->Scalar();
 }
 
@@ -465,6 +504,7 @@ Status MapReader::StringList(std::string_view key, std::vector<std::string>* out
   YAML::Node value = Get(key);
   if (!Has(key)) return Status::OK();
   if (value.IsScalar()) {
+    if (!IsValidUtf8(value.Scalar())) return ErrorAt(key, "is not valid UTF-8");
     *out = {value.Scalar()};
     return Status::OK();
   }
@@ -477,6 +517,9 @@ Status MapReader::StringList(std::string_view key, std::vector<std::string>* out
     if (!item.IsScalar()) {
       return source_->Error(item, fmt::format("{}[{}]", PathOf(key), i),
                             fmt::format("expected a string, got {}", NodeKindName(item)));
+    }
+    if (!IsValidUtf8(item.Scalar())) {
+      return NotUtf8(*source_, item, fmt::format("{}[{}]", PathOf(key), i));
     }
     items.push_back(item.Scalar());
     ++i;
