@@ -113,6 +113,10 @@ TaskId L2Adapter::SubmitLoad(std::span<const ObjectKey> keys,
   KVT_CHECK_MSG(keys.size() == buffers.size(), "SubmitLoad: {} keys, {} buffers", keys.size(),
                 buffers.size());
   TaskId task = Begin(Kind::kLoad, keys.size());
+  if (!listeners_.empty()) {
+    MutexLock lock(&mu_);
+    load_keys_.emplace(task, std::vector<ObjectKey>(keys.begin(), keys.end()));
+  }
   if (closed_.load(std::memory_order_acquire)) {
     CompleteLoad(task, Bitmap(keys.size()), 0);
   } else {
@@ -141,6 +145,7 @@ bool L2Adapter::Cancel(TaskId task) {
       // lookup took.
       unlock = DropLookup(task);
       completed_loads_.erase(task);
+      load_keys_.erase(task);
       std::erase_if(completed_stores_, [task](const StoreResult& r) { return r.task == task; });
     }
   }
@@ -155,6 +160,7 @@ bool L2Adapter::Cancel(TaskId task) {
     // A completion that raced the cancel may have landed: drop it too.
     unlock = DropLookup(task);
     completed_loads_.erase(task);
+    load_keys_.erase(task);
     std::erase_if(completed_stores_, [task](const StoreResult& r) { return r.task == task; });
   }
   if (!unlock.empty()) SubmitUnlock(unlock);
@@ -234,12 +240,24 @@ void L2Adapter::CompleteLookup(TaskId task, Bitmap found) {
 }
 
 void L2Adapter::CompleteLoad(TaskId task, Bitmap loaded, uint64_t bytes) {
+  std::vector<ObjectKey> accessed;
   {
     MutexLock lock(&mu_);
-    if (!End(task)) return;
+    auto keys = load_keys_.find(task);
+    if (keys != load_keys_.end()) {
+      // Keys loaded successfully are the accesses the eviction policies order by.
+      for (size_t i = 0; i < loaded.size() && i < keys->second.size(); ++i) {
+        if (loaded.Test(i)) accessed.push_back(keys->second[i]);
+      }
+      load_keys_.erase(keys);
+    }
+    if (!End(task)) return;  // cancelled or failed by Close: nobody used the bytes
     counters_.load_keys_failed += loaded.size() - loaded.PopCount();
     counters_.load_bytes += bytes;
     completed_loads_.emplace(task, std::move(loaded));
+  }
+  if (!accessed.empty()) {
+    for (L2Listener* l : listeners_) l->OnL2KeysAccessed(accessed);
   }
   load_fd_.Signal();
 }
@@ -335,6 +353,7 @@ void L2Adapter::Close() {
           break;
         case Kind::kLoad:
           completed_loads_.emplace(task, Bitmap());
+          load_keys_.erase(task);
           break;
       }
     }

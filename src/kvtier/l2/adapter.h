@@ -83,6 +83,12 @@ class L2Listener {
  public:
   virtual ~L2Listener() = default;
   virtual void OnL2KeysStored(std::span<const ObjectKey> keys, std::span<const uint64_t> sizes) {}
+  // The keys a load task read successfully, in the task's order (the base class reports them
+  // for every adapter when the load completes). Lookups are not accesses: a lookup hit is
+  // followed by a load from the adapter the prefetch plan picks, and counting both would touch
+  // a key twice per use (frequency-based policies) or touch copies in adapters never read.
+  // Not ordered against OnL2KeysDeleted: an access may arrive after the key's deletion, which
+  // listeners ignore (the eviction policies do).
   virtual void OnL2KeysAccessed(std::span<const ObjectKey> keys) {}
   virtual void OnL2KeysDeleted(std::span<const ObjectKey> keys) {}
 };
@@ -217,6 +223,8 @@ class L2Adapter {
   // are released through them.
   absl::flat_hash_map<TaskId, std::vector<ObjectKey>> lookup_keys_ KVT_GUARDED_BY(mu_);
   absl::flat_hash_map<TaskId, Bitmap> completed_loads_ KVT_GUARDED_BY(mu_);
+  // The keys of each load in flight, for OnL2KeysAccessed (kept only when there are listeners).
+  absl::flat_hash_map<TaskId, std::vector<ObjectKey>> load_keys_ KVT_GUARDED_BY(mu_);
   uint64_t used_bytes_ KVT_GUARDED_BY(mu_) = 0;
   absl::flat_hash_map<keys::NamespaceId, uint64_t> bytes_by_namespace_ KVT_GUARDED_BY(mu_);
   AdapterCounters counters_ KVT_GUARDED_BY(mu_);

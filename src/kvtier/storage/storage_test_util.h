@@ -108,4 +108,30 @@ class StoredCounter : public l2::L2Listener {
   size_t stored_ KVT_GUARDED_BY(mu_) = 0;
 };
 
+// Counts keys an adapter reported accessed (loaded). Added after an L2 eviction controller, it
+// hears of an access only once the controller has (listeners are called in order).
+class AccessCounter : public l2::L2Listener {
+ public:
+  void OnL2KeysAccessed(std::span<const ObjectKey> keys) override {
+    MutexLock lock(&mu_);
+    accessed_ += keys.size();
+    cv_.NotifyAll();
+  }
+  // True once at least `n` keys were accessed; false after `timeout`.
+  bool WaitFor(size_t n, Duration timeout = std::chrono::seconds(30)) {
+    TimePoint deadline = DeadlineFrom(timeout);
+    MutexLock lock(&mu_);
+    while (accessed_ < n) {
+      if (!cv_.WaitUntil(&mu_, deadline) && std::chrono::steady_clock::now() >= deadline)
+        return accessed_ >= n;
+    }
+    return true;
+  }
+
+ private:
+  Mutex mu_;
+  CondVar cv_;
+  size_t accessed_ KVT_GUARDED_BY(mu_) = 0;
+};
+
 }  // namespace kvtier::storage::testing

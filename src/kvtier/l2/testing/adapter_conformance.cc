@@ -186,6 +186,12 @@ void RecordingL2Listener::OnL2KeysStored(std::span<const ObjectKey> keys,
   cv_.NotifyAll();
 }
 
+void RecordingL2Listener::OnL2KeysAccessed(std::span<const ObjectKey> keys) {
+  MutexLock lock(&mu_);
+  accessed_.insert(accessed_.end(), keys.begin(), keys.end());
+  cv_.NotifyAll();
+}
+
 void RecordingL2Listener::OnL2KeysDeleted(std::span<const ObjectKey> keys) {
   MutexLock lock(&mu_);
   deleted_.insert(deleted_.end(), keys.begin(), keys.end());
@@ -195,6 +201,11 @@ void RecordingL2Listener::OnL2KeysDeleted(std::span<const ObjectKey> keys) {
 std::vector<std::pair<ObjectKey, uint64_t>> RecordingL2Listener::stored() const {
   MutexLock lock(&mu_);
   return stored_;
+}
+
+std::vector<ObjectKey> RecordingL2Listener::accessed() const {
+  MutexLock lock(&mu_);
+  return accessed_;
 }
 
 std::vector<ObjectKey> RecordingL2Listener::deleted() const {
@@ -209,6 +220,15 @@ bool RecordingL2Listener::WaitStoredCount(size_t n, Duration timeout) const {
     if (!cv_.WaitUntil(&mu_, deadline) && std::chrono::steady_clock::now() >= deadline) break;
   }
   return stored_.size() >= n;
+}
+
+bool RecordingL2Listener::WaitAccessedCount(size_t n, Duration timeout) const {
+  const TimePoint deadline = std::chrono::steady_clock::now() + timeout;
+  MutexLock lock(&mu_);
+  while (accessed_.size() < n) {
+    if (!cv_.WaitUntil(&mu_, deadline) && std::chrono::steady_clock::now() >= deadline) break;
+  }
+  return accessed_.size() >= n;
 }
 
 bool RecordingL2Listener::WaitDeletedCount(size_t n, Duration timeout) const {
@@ -774,6 +794,30 @@ TEST_P(AdapterConformanceTest, ListenerSeesStoredAndDeletedKeys) {
   ASSERT_TRUE(r.has_value());
   ASSERT_TRUE(listener.WaitDeletedCount(2));
   EXPECT_EQ(listener.deleted(), Pick(keys, {0, 2}));
+  adapter_->Close();  // before the listener goes away
+  adapter_.reset();
+}
+
+// The L2 eviction policies order keys by use: every adapter reports the keys a load read.
+TEST_P(AdapterConformanceTest, ListenerSeesLoadedKeysAsAccessed) {
+  RecordingL2Listener listener;
+  adapter().AddListener(&listener);  // not shared with any thread yet
+  auto keys = TestKeys(4);
+  auto present = Pick(keys, {0, 1, 2});
+  ASSERT_TRUE(StoreAndWait(adapter(), present, Objects(present)).status.ok());
+  // A lookup is not an access (the load that follows it is).
+  EXPECT_EQ(LookupAndWait(adapter(), keys).ToString(), "1110");
+  adapter().SubmitUnlock(present);
+  EXPECT_TRUE(listener.accessed().empty());
+
+  // Loaded keys, in the task's order; a missing key and a wrong-size buffer are not accesses.
+  auto loading = Pick(keys, {2, 3, 0, 1});
+  auto buffers = Buffers(4);
+  buffers[3].resize(kObj / 2);
+  EXPECT_EQ(LoadAndWait(adapter(), loading, buffers).ToString(), "1010");
+  // Listeners hear of a completion just after it is published: wait for them.
+  ASSERT_TRUE(listener.WaitAccessedCount(2));
+  EXPECT_EQ(listener.accessed(), Pick(keys, {2, 0}));
   adapter_->Close();  // before the listener goes away
   adapter_.reset();
 }

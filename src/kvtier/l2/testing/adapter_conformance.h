@@ -115,18 +115,22 @@ Bitmap LoadAndWait(L2Adapter& adapter, std::span<const ObjectKey> keys,
 class RecordingL2Listener : public L2Listener {
  public:
   void OnL2KeysStored(std::span<const ObjectKey> keys, std::span<const uint64_t> sizes) override;
+  void OnL2KeysAccessed(std::span<const ObjectKey> keys) override;
   void OnL2KeysDeleted(std::span<const ObjectKey> keys) override;
 
-  // Keys stored (with sizes) and deleted so far, in call order.
+  // Keys stored (with sizes), accessed and deleted so far, in call order.
   std::vector<std::pair<ObjectKey, uint64_t>> stored() const;
+  std::vector<ObjectKey> accessed() const;
   std::vector<ObjectKey> deleted() const;
   bool WaitStoredCount(size_t n, Duration timeout = kCompletionWait) const;
+  bool WaitAccessedCount(size_t n, Duration timeout = kCompletionWait) const;
   bool WaitDeletedCount(size_t n, Duration timeout = kCompletionWait) const;
 
  private:
   mutable Mutex mu_;
   mutable CondVar cv_;
   std::vector<std::pair<ObjectKey, uint64_t>> stored_ KVT_GUARDED_BY(mu_);
+  std::vector<ObjectKey> accessed_ KVT_GUARDED_BY(mu_);
   std::vector<ObjectKey> deleted_ KVT_GUARDED_BY(mu_);
 };
 
