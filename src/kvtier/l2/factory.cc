@@ -11,6 +11,9 @@ namespace kvtier::l2 {
 
 namespace {
 
+Result<std::unique_ptr<L2Adapter>> MakeAdapter(const nlohmann::json& config, size_t index,
+                                               bool wrapped);
+
 std::string KnownTypes() {
   std::string known;
   for (const AdapterType& t : AdapterTypes()) known += (known.empty() ? "" : ", ") + t.type;
@@ -42,6 +45,17 @@ const std::vector<AdapterType>& AdapterTypes() {
 }
 
 Result<std::unique_ptr<L2Adapter>> MakeL2Adapter(const nlohmann::json& config, size_t index) {
+  return MakeAdapter(config, index, /*wrapped=*/false);
+}
+
+Result<std::unique_ptr<L2Adapter>> MakeWrappedL2Adapter(const nlohmann::json& config) {
+  return MakeAdapter(config, 0, /*wrapped=*/true);
+}
+
+namespace {
+
+Result<std::unique_ptr<L2Adapter>> MakeAdapter(const nlohmann::json& config, size_t index,
+                                               bool wrapped) {
   const std::string where = fmt::format("L2 adapter #{}", index);
   if (!config.is_object()) {
     return MakeError(Status::InvalidArgument(
@@ -69,11 +83,19 @@ Result<std::unique_ptr<L2Adapter>> MakeL2Adapter(const nlohmann::json& config, s
     }
     name = name_it->get<std::string>();
   }
+  if (wrapped && config.contains("eviction")) {
+    return MakeError(Status::InvalidArgument(fmt::format(
+        "{} adapter '{}': 'eviction' is not allowed in a wrapped adapter's config: eviction "
+        "belongs at the top level of the adapter config (next to the wrapper's \"type\")",
+        type, name)));
+  }
   nlohmann::json rest = config;
   rest.erase("type");
   rest.erase("name");
-  rest.erase("eviction");  // the storage layer's
+  rest.erase("eviction");  // the storage layer's (top level only)
   return entry->make(rest, name);
 }
+
+}  // namespace
 
 }  // namespace kvtier::l2

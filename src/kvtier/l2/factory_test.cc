@@ -69,6 +69,35 @@ TEST(L2FactoryTest, EvictionBlockIsAcceptedAndRemoved) {
   (*a)->Close();
 }
 
+// Eviction acts on the adapter the storage layer sees: inside a wrapper's "inner" it would be
+// silently ignored, so it is an error that says where the block belongs.
+TEST(L2FactoryTest, EvictionInsideAWrappedAdapterIsAnError) {
+  const json eviction = {{"policy", "lru"}, {"trigger_watermark", 0.8}};
+  std::string error =
+      ErrorOf({{"type", "fault_inject"},
+               {"name", "flaky"},
+               {"inner", {{"type", "mock"}, {"capacity", "1MiB"}, {"eviction", eviction}}}});
+  EXPECT_NE(error.find("fault_inject adapter 'flaky': 'inner'"), std::string::npos) << error;
+  EXPECT_NE(error.find("'eviction' is not allowed"), std::string::npos) << error;
+  EXPECT_NE(error.find("eviction belongs at the top level of the adapter config"),
+            std::string::npos)
+      << error;
+  // Nested wrappers are checked at every level.
+  error =
+      ErrorOf({{"type", "fault_inject"},
+               {"inner",
+                {{"type", "fault_inject"},
+                 {"inner", {{"type", "mock"}, {"capacity", "1MiB"}, {"eviction", eviction}}}}}});
+  EXPECT_NE(error.find("eviction belongs at the top level"), std::string::npos) << error;
+  // At the top level, next to the wrapper's type, it is the storage layer's.
+  auto a = MakeL2Adapter({{"type", "fault_inject"},
+                          {"inner", {{"type", "mock"}, {"capacity", "1MiB"}}},
+                          {"eviction", eviction}},
+                         0);
+  ASSERT_TRUE(a.has_value()) << a.error().ToString();
+  (*a)->Close();
+}
+
 TEST(L2FactoryTest, UnknownKeysAreRejectedByName) {
   std::string error = ErrorOf({{"type", "mock"}, {"capacity", "1MiB"}, {"max_size_gb", 1}});
   EXPECT_NE(error.find("mock adapter 'mock0'"), std::string::npos) << error;

@@ -475,7 +475,7 @@ Result<std::unique_ptr<L2Adapter>> MakeFaultInjectAdapter(const nlohmann::json& 
   options.seed = static_cast<uint64_t>(seed);
   KVT_RETURN_IF_ERROR(cfg.Finish());
   if (!inner_config.contains("name")) inner_config["name"] = name + ".inner";
-  auto inner = MakeL2Adapter(inner_config, 0);
+  auto inner = MakeWrappedL2Adapter(inner_config);
   if (!inner) return MakeError(inner.error().WithContext(cfg.section() + ": 'inner'"));
   KVT_ASSIGN_OR_RETURN(std::unique_ptr<FaultInjectAdapter> adapter,
                        FaultInjectAdapter::Create(std::move(*inner), options, name));

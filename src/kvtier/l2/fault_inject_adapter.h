@@ -13,8 +13,9 @@
 // too, so Usage() equals the inner adapter's (keys an inner adapter recovered before the
 // wrapper attached are the exception: the wrapper never hears of them).
 //
-// Config (section "fault_inject adapter '<name>'"; the inner config is made by MakeL2Adapter,
-// its name defaults to "<name>.inner"):
+// Config (section "fault_inject adapter '<name>'"; the inner config is made by
+// MakeWrappedL2Adapter, its name defaults to "<name>.inner"; an "eviction" block belongs at the
+// top level, next to "type": "fault_inject", and is an error inside "inner"):
 //   {"type": "fault_inject", "inner": {"type": "mock", "capacity": "1GiB"},
 //    "store_failure_rate": 0.3, "load_failure_rate": 0.3, "lookup_failure_rate": 0,
 //    "hang_rate": 0.05, "delay": "5ms", "seed": 1}
@@ -160,7 +161,8 @@ class FaultInjectAdapter final : public L2Adapter, private L2Listener {
       KVT_GUARDED_BY(report_mu_);
 };
 
-// The "fault_inject" entry of the adapter factory; builds the inner adapter with MakeL2Adapter.
+// The "fault_inject" entry of the adapter factory; builds the inner adapter with
+// MakeWrappedL2Adapter.
 Result<std::unique_ptr<L2Adapter>> MakeFaultInjectAdapter(const nlohmann::json& config,
                                                           const std::string& name);
 

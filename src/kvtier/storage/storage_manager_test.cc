@@ -163,6 +163,16 @@ TEST(StorageManagerConfigTest, BadConfigsFailWithClearErrors) {
   auto t = StorageManager::Create(Options(16, {typo}));
   ASSERT_FALSE(t);
   EXPECT_NE(t.error().message().find("polcy"), std::string::npos);
+  // An eviction block inside a wrapper's inner adapter would never run: an error, not ignored.
+  nlohmann::json nested_eviction = {
+      {"type", "fault_inject"},
+      {"inner", {{"type", "mock"}, {"capacity", "1MiB"}, {"eviction", {{"policy", "lru"}}}}}};
+  auto nested = StorageManager::Create(Options(16, {nested_eviction}));
+  ASSERT_FALSE(nested);
+  EXPECT_NE(
+      nested.error().message().find("eviction belongs at the top level of the adapter config"),
+      std::string::npos)
+      << nested.error().ToString();
   StorageOptions o = Options(16, {});
   o.store_policy = "write_around";
   EXPECT_FALSE(StorageManager::Create(o));
