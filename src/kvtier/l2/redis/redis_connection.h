@@ -60,7 +60,8 @@ class RedisConnection {
   RedisConnection(const RedisConnection&) = delete;
   RedisConnection& operator=(const RedisConnection&) = delete;
 
-  // AUTH (when a password is set), SELECT (db != 0) and PING. kPermissionDenied when the
+  // AUTH (when a password is set), PING, then SELECT (db != 0): PING first, so that a server
+  // that wants a password says NOAUTH to it rather than to SELECT. kPermissionDenied when the
   // server refuses the credentials or needs some; kInvalidArgument for a db it does not have;
   // kTimeout / kUnavailable / kIOError (retryable) when the connection fails.
   Status Handshake();
