@@ -137,8 +137,9 @@ class L2Adapter {
   bool Cancel(TaskId task);
 
   // Deletes keys now (synchronous). Locked keys are skipped unless `force`. Bit i: keys[i] is
-  // not stored any more (deleted now, or absent already); a clear bit means it stays (locked,
-  // or its deletion failed).
+  // not stored any more (deleted now, or absent already); a clear bit means it may still be
+  // stored (locked, its deletion failed, or its outcome is unknown because the adapter lost its
+  // connection part-way). Keys known deleted are reported to the listeners either way.
   Result<Bitmap> Delete(std::span<const ObjectKey> keys, bool force = false);
 
   // Keys of one model, a page at a time; "" starts. kNotSupported for adapters that cannot.

@@ -32,6 +32,8 @@ constexpr size_t kPipelineWindowCommands = 1024;
 // One ListKeys call scans for at most this long, then returns what it has (maybe nothing) and a
 // cursor to go on from.
 constexpr Duration kListKeysBudget = std::chrono::seconds(1);
+// A failing reconnection is logged as a warning at most this often (unless its error changes).
+constexpr Duration kReconnectWarningInterval = std::chrono::seconds(30);
 
 enum class TaskKind : uint8_t { kStore, kLookup, kLoad };
 // kQueued -> kRunning -> (stores: kWritten ->) kDone; kCancelled from kQueued, from kRunning
@@ -168,6 +170,7 @@ struct RedisAdapter::Task {
   std::vector<std::span<const uint8_t>> sources;  // stores
   std::vector<std::span<uint8_t>> targets;        // loads
   std::atomic<TaskState> state{TaskState::kQueued};
+  bool released = false;  // the I/O thread's: no longer counted in its connection's load
 
   // Ends the task on the adapter's side. False when it was cancelled: then nothing may be
   // reported for it (and a lookup must take no locks).
@@ -199,7 +202,8 @@ class RedisAdapter::Worker {
   }
 
   bool up() const { return up_.load(std::memory_order_acquire); }
-  size_t queued() const { return queued_.load(std::memory_order_relaxed); }
+  // Tasks queued on this connection or running on it: what a new task would wait behind.
+  size_t load() const { return load_.load(std::memory_order_relaxed); }
 
   // Queues a task; false when the connection is down (or stopping): the caller fails it.
   bool Enqueue(std::shared_ptr<Task> task) {
@@ -207,7 +211,7 @@ class RedisAdapter::Worker {
       MutexLock lock(&mu_);
       if (stop_ || !up_.load(std::memory_order_relaxed)) return false;
       queue_.push_back(std::move(task));
-      queued_.fetch_add(1, std::memory_order_relaxed);
+      load_.fetch_add(1, std::memory_order_relaxed);
     }
     wake_.Signal();
     return true;
@@ -230,6 +234,10 @@ class RedisAdapter::Worker {
  private:
   void Run() {
     for (;;) {
+      if (conn_ != nullptr && owner_->has_removals_.load(std::memory_order_acquire)) {
+        RemoveDamaged();
+        continue;  // the connection may have gone down meanwhile
+      }
       std::shared_ptr<Task> task;
       {
         MutexLock lock(&mu_);
@@ -237,11 +245,11 @@ class RedisAdapter::Worker {
         if (!queue_.empty()) {
           task = std::move(queue_.front());
           queue_.pop_front();
-          queued_.fetch_sub(1, std::memory_order_relaxed);
         }
       }
       if (task != nullptr) {
         Execute(task.get());
+        Release(task.get());  // a task that did not run (cancelled) is released here
         owner_->ForgetTask(task->id);
       } else if (conn_ != nullptr) {
         WaitIdle();
@@ -268,10 +276,19 @@ class RedisAdapter::Worker {
         fmt::format("redis adapter {} closed while the task was in flight", owner_->name()));
   }
 
+  // The task no longer occupies the connection. Called before its completion is reported, so
+  // that a caller who saw the completion sees this connection's load without it.
+  void Release(Task* task) {
+    if (task->released) return;
+    task->released = true;
+    load_.fetch_sub(1, std::memory_order_relaxed);
+  }
+
   void Execute(Task* task) {
     TaskState expected = TaskState::kQueued;
     if (!task->state.compare_exchange_strong(expected, TaskState::kRunning)) return;  // cancelled
     KVT_DCHECK(conn_ != nullptr);
+    if (owner_->options_.before_task) owner_->options_.before_task(index_, task->id);
     switch (task->kind) {
       case TaskKind::kStore:
         RunStore(task);
@@ -323,6 +340,8 @@ class RedisAdapter::Worker {
         });
     Status status = io.ok() ? std::move(refused) : TaskFailure(io);
     if (!io.ok()) GoDown(io);
+    Release(task);
+    owner_->TrackStored(stored_keys, stored_sizes);
     const bool report = task->Finish();
     if (report && status.ok()) {
       owner_->CompleteStore(task->id, Status::OK(), stored_keys, stored_sizes);
@@ -358,6 +377,7 @@ class RedisAdapter::Worker {
       GoDown(io);
       found = Bitmap(n);  // the server is going away: report every key missing
     }
+    Release(task);
     if (!task->Finish()) return;  // cancelled: take no locks
     if (found.Any()) {
       MutexLock lock(&owner_->locks_mu_);
@@ -373,7 +393,6 @@ class RedisAdapter::Worker {
     for (size_t i = 0; i < n; ++i) names[i] = owner_->RedisKey(task->keys[i]);
     std::unique_ptr<XXH3_state_t, Xxh3StateDeleter> hash(XXH3_createState());
     KVT_CHECK(hash != nullptr);
-    std::vector<uint64_t> stored_sizes(n, 0);
     Bitmap loaded(n);
     uint64_t bytes = 0;
     std::vector<size_t> corrupt;
@@ -384,7 +403,6 @@ class RedisAdapter::Worker {
         },
         [&](size_t i) -> Status {
           KVT_ASSIGN_OR_RETURN(GetOutcome got, ReadGetReply(c, task->targets[i], hash.get()));
-          stored_sizes[i] = got.stored_size;
           switch (got.kind) {
             case GetOutcome::Kind::kLoaded:
               loaded.Set(i);
@@ -407,31 +425,63 @@ class RedisAdapter::Worker {
           return Status::OK();
         },
         [] {});
-    std::vector<ObjectKey> dropped;
-    std::vector<uint64_t> dropped_sizes;
-    std::optional<sync::WriterLock> order;  // a deletion: ordered against stores
-    if (io.ok() && !corrupt.empty()) {
-      order.emplace(&owner_->order_);
+    if (!corrupt.empty()) {
+      // Counted whatever happens next: they were found.
       owner_->corrupt_values_.fetch_add(corrupt.size(), std::memory_order_relaxed);
-      // Remove damaged values so a later store (SET NX) can replace them.
-      for (size_t i : corrupt) c->Append({"UNLINK", names[i]});
+      std::vector<ObjectKey> damaged;
+      for (size_t i : corrupt) damaged.push_back(task->keys[i]);
+      if (io.ok()) {
+        // Removed so that a later store (SET NX) can replace them; what this connection cannot
+        // remove (it failed meanwhile) is left to the next connection up.
+        io = Unlink(damaged);
+      } else {
+        owner_->QueueRemovals(damaged);
+      }
+    }
+    if (!io.ok()) GoDown(io);
+    Release(task);
+    if (!task->Finish()) return;
+    owner_->CompleteLoad(task->id, std::move(loaded), bytes);
+  }
+
+  // UNLINKs `keys` (values found damaged) and reports the ones gone. Keys whose reply was not
+  // read (the connection failed) are queued for the next connection up; returns that failure.
+  Status Unlink(std::span<const ObjectKey> keys) {
+    RedisConnection* c = conn_.get();
+    std::vector<ObjectKey> unlinked, absent;
+    size_t confirmed = 0;
+    Status io;
+    {
+      sync::WriterLock order(&owner_->order_);  // a deletion: ordered against stores
+      for (const ObjectKey& key : keys) c->Append({"UNLINK", owner_->RedisKey(key)});
       io = c->Flush();
-      for (size_t i : corrupt) {
-        if (!io.ok()) break;
+      for (; io.ok() && confirmed < keys.size(); ++confirmed) {
         Result<RedisReply> reply = c->ReadReply();
         if (!reply) {
           io = reply.error();
-        } else if ((*reply)->type == REDIS_REPLY_INTEGER && (*reply)->integer == 1) {
-          dropped.push_back(task->keys[i]);
-          dropped_sizes.push_back(PayloadSize(static_cast<int64_t>(stored_sizes[i])));
+          break;
         }
+        if ((*reply)->type != REDIS_REPLY_INTEGER) {
+          KVT_LOG_WARN("redis adapter {}: UNLINK of damaged '{}': {}", owner_->name(),
+                       owner_->RedisKey(keys[confirmed]),
+                       (*reply)->type == REDIS_REPLY_ERROR ? std::string(ReplyText(**reply))
+                                                           : "unexpected reply");
+          continue;  // it stays; a later load finds it damaged again
+        }
+        ((*reply)->integer == 1 ? unlinked : absent).push_back(keys[confirmed]);
       }
+      owner_->ReportGone(unlinked, absent);
     }
-    owner_->NotifyDeleted(dropped, dropped_sizes);
-    order.reset();
+    if (confirmed < keys.size()) owner_->QueueRemovals(keys.subspan(confirmed));
+    return io;
+  }
+
+  // Removes the damaged values other connections could not (see QueueRemovals).
+  void RemoveDamaged() {
+    std::vector<ObjectKey> keys = owner_->TakeRemovals();
+    if (keys.empty()) return;
+    Status io = Unlink(keys);
     if (!io.ok()) GoDown(io);
-    if (!task->Finish()) return;
-    owner_->CompleteLoad(task->id, std::move(loaded), bytes);
   }
 
   // Waits for work or for the server to close the idle connection.
@@ -508,7 +558,7 @@ class RedisAdapter::Worker {
       up_.store(false, std::memory_order_release);
       live_fd_ = -1;
       orphans.swap(queue_);
-      queued_.fetch_sub(orphans.size(), std::memory_order_relaxed);
+      load_.fetch_sub(orphans.size(), std::memory_order_relaxed);
       stop = stop_;
     }
     conn_.reset();
@@ -527,7 +577,7 @@ class RedisAdapter::Worker {
   sync::EventFd wake_;
   std::thread thread_;
   std::atomic<bool> up_{false};
-  std::atomic<size_t> queued_{0};
+  std::atomic<size_t> load_{0};  // see load()
 
   Mutex mu_;
   std::deque<std::shared_ptr<Task>> queue_ KVT_GUARDED_BY(mu_);
@@ -608,7 +658,10 @@ Result<RedisAdapterOptions> RedisAdapterOptions::FromJson(const nlohmann::json& 
 // ---- the adapter ----
 
 RedisAdapter::RedisAdapter(RedisAdapterOptions options, std::string name)
-    : L2Adapter("redis", std::move(name), options.max_capacity), options_(std::move(options)) {}
+    : L2Adapter("redis", std::move(name), options.max_capacity),
+      options_(std::move(options)),
+      track_sizes_(options_.max_capacity > 0),
+      reconnect_warnings_(kReconnectWarningInterval) {}
 
 RedisAdapter::~RedisAdapter() { Close(); }
 
@@ -680,6 +733,7 @@ void RedisAdapter::OnConnectionUp(int index, bool reconnect) {
     MutexLock lock(&health_mu_);
     ++connections_up_;
     if (reconnect) ++reconnects_;
+    reconnect_warnings_.OnConnected();
   }
   health_cv_.NotifyAll();
   if (reconnect) {
@@ -704,12 +758,48 @@ void RedisAdapter::OnConnectionDown(int index, const Status& why, bool closing) 
 }
 
 void RedisAdapter::OnReconnectFailed(int index, const Status& why, Duration next_wait) {
+  const std::string error = why.ToString();
+  bool warn;
+  uint64_t suppressed = 0;
+  int up;
   {
     MutexLock lock(&health_mu_);
-    last_error_ = why.ToString();
+    last_error_ = error;
+    ++reconnect_failures_;
+    up = connections_up_;
+    warn = reconnect_warnings_.OnFailure(error, std::chrono::steady_clock::now(), &suppressed);
   }
-  KVT_LOG_DEBUG("redis adapter {}: connection {}: reconnect failed: {}; next try in {}", name(),
-                index, why.ToString(), FormatDuration(next_wait));
+  if (!warn) {
+    KVT_LOG_DEBUG("redis adapter {}: connection {}: reconnect failed: {}; next try in {}", name(),
+                  index, error, FormatDuration(next_wait));
+    return;
+  }
+  KVT_LOG_WARN(
+      "redis adapter {}: connection {} to {} cannot reconnect ({} of {} up): {}; retrying with "
+      "backoff up to {}{}",
+      name(), index, options_.connect.Endpoint(), up, options_.connections, error,
+      FormatDuration(options_.reconnect_backoff_max),
+      suppressed == 0
+          ? std::string()
+          : fmt::format(" ({} more failed attempts since the last warning)", suppressed));
+}
+
+bool ReconnectWarnings::OnFailure(std::string_view error, TimePoint now, uint64_t* suppressed) {
+  const bool warn = !warned_ || error != last_error_ || now - last_warning_ >= interval_;
+  if (!warn) {
+    ++suppressed_;
+    return false;
+  }
+  *suppressed = std::exchange(suppressed_, 0);
+  warned_ = true;
+  last_error_ = std::string(error);
+  last_warning_ = now;
+  return true;
+}
+
+void ReconnectWarnings::OnConnected() {
+  warned_ = false;
+  suppressed_ = 0;
 }
 
 Status RedisAdapter::DownError() const {
@@ -727,14 +817,14 @@ bool RedisAdapter::Dispatch(const std::shared_ptr<Task>& task) {
   std::vector<bool> tried(n, false);
   for (size_t attempt = 0; attempt < n; ++attempt) {
     size_t best = n;
-    size_t best_queued = SIZE_MAX;
+    size_t best_load = SIZE_MAX;
     for (size_t j = 0; j < n; ++j) {
       size_t i = (start + j) % n;
       if (tried[i] || !workers_[i]->up()) continue;
-      size_t q = workers_[i]->queued();
-      if (q < best_queued) {
+      size_t load = workers_[i]->load();
+      if (load < best_load) {
         best = i;
-        best_queued = q;
+        best_load = load;
       }
     }
     if (best == n) return false;
@@ -875,41 +965,112 @@ Result<Bitmap> RedisAdapter::DoDelete(std::span<const ObjectKey> keys, bool forc
   if (candidates.empty()) return deleted;
   if (!DoHealthy()) return MakeError(DownError());
   const std::string endpoint = options_.connect.Endpoint();
-  std::vector<ObjectKey> gone;
-  std::vector<uint64_t> sizes;
-  Status refused;                   // the first error reply; every reply is read all the same
+  std::vector<ObjectKey> unlinked, absent;
+  Status refused;  // the first error reply; every reply is read all the same
+  Status io;       // a failed connection: the keys whose reply was not read stay counted
+  size_t confirmed = 0;
   sync::WriterLock order(&order_);  // until the deletion has reported
   {
     MutexLock lock(&control_mu_);
     KVT_ASSIGN_OR_RETURN(RedisConnection * c, ControlConnection());
-    for (size_t i : candidates) {
-      std::string name = RedisKey(keys[i]);
-      c->Append({"STRLEN", name});
-      c->Append({"UNLINK", name});
-    }
-    KVT_RETURN_IF_ERROR(c->Flush());
-    for (size_t i : candidates) {
-      KVT_ASSIGN_OR_RETURN(RedisReply strlen_reply, c->ReadReply());
-      KVT_ASSIGN_OR_RETURN(RedisReply unlink_reply, c->ReadReply());
-      if (unlink_reply->type != REDIS_REPLY_INTEGER) {
+    for (size_t i : candidates) c->Append({"UNLINK", RedisKey(keys[i])});
+    io = c->Flush();
+    for (; io.ok() && confirmed < candidates.size(); ++confirmed) {
+      const size_t i = candidates[confirmed];
+      Result<RedisReply> reply = c->ReadReply();
+      if (!reply) {
+        io = reply.error();
+        break;
+      }
+      if ((*reply)->type != REDIS_REPLY_INTEGER) {
         if (refused.ok()) {
-          refused = unlink_reply->type == REDIS_REPLY_ERROR
-                        ? RedisErrorReplyStatus(endpoint, "UNLINK", ReplyText(*unlink_reply))
-                        : UnexpectedReply(endpoint, "UNLINK", *unlink_reply);
+          refused = (*reply)->type == REDIS_REPLY_ERROR
+                        ? RedisErrorReplyStatus(endpoint, "UNLINK", ReplyText(**reply))
+                        : UnexpectedReply(endpoint, "UNLINK", **reply);
         }
         continue;
       }
       deleted.Set(i);  // not stored any more: deleted now (1) or absent already (0)
-      if (unlink_reply->integer == 1) {
-        gone.push_back(keys[i]);
-        sizes.push_back(
-            strlen_reply->type == REDIS_REPLY_INTEGER ? PayloadSize(strlen_reply->integer) : 0);
-      }
+      ((*reply)->integer == 1 ? unlinked : absent).push_back(keys[i]);
+    }
+  }
+  // What is known gone leaves the accounts and the listeners' tracking, whatever failed after.
+  ReportGone(unlinked, absent);
+  if (!io.ok()) {
+    {
+      MutexLock lock(&health_mu_);
+      last_error_ = io.ToString();
+    }
+    if (confirmed == 0)
+      return MakeError(io.WithContext(fmt::format("redis adapter {}: Delete", name())));
+    // The UNLINKs whose replies were not read may or may not have run: those keys keep a clear
+    // bit and stay counted (a later Delete finds them absent and reports them then).
+    KVT_LOG_WARN(
+        "redis adapter {}: Delete: the connection failed after {} of {} replies: {}; the other "
+        "keys are reported as still stored",
+        name(), confirmed, candidates.size(), io.ToString());
+    return deleted;
+  }
+  if (!refused.ok()) return MakeError(std::move(refused));
+  return deleted;
+}
+
+void RedisAdapter::TrackStored(std::span<const ObjectKey> keys, std::span<const uint64_t> sizes) {
+  if (!track_sizes_) return;
+  std::vector<ObjectKey> vanished;
+  std::vector<uint64_t> vanished_sizes;
+  {
+    MutexLock lock(&tracked_mu_);
+    for (size_t i = 0; i < keys.size(); ++i) {
+      auto [it, inserted] = tracked_.try_emplace(keys[i], sizes[i]);
+      if (inserted) continue;
+      vanished.push_back(keys[i]);
+      vanished_sizes.push_back(std::exchange(it->second, sizes[i]));
+    }
+  }
+  NotifyDeleted(vanished, vanished_sizes);
+}
+
+void RedisAdapter::ReportGone(std::span<const ObjectKey> unlinked,
+                              std::span<const ObjectKey> absent) {
+  std::vector<ObjectKey> gone;
+  std::vector<uint64_t> sizes;
+  {
+    MutexLock lock(&tracked_mu_);
+    for (const ObjectKey& key : unlinked) {
+      auto it = tracked_.find(key);
+      gone.push_back(key);
+      sizes.push_back(it == tracked_.end() ? 0 : it->second);  // never stored here: nothing added
+      if (it != tracked_.end()) tracked_.erase(it);
+    }
+    for (const ObjectKey& key : absent) {
+      auto it = tracked_.find(key);
+      if (it == tracked_.end()) continue;  // neither counted nor tracked
+      gone.push_back(key);
+      sizes.push_back(it->second);
+      tracked_.erase(it);
     }
   }
   NotifyDeleted(gone, sizes);
-  if (!refused.ok()) return MakeError(std::move(refused));
-  return deleted;
+}
+
+void RedisAdapter::QueueRemovals(std::span<const ObjectKey> keys) {
+  if (keys.empty()) return;
+  {
+    MutexLock lock(&removals_mu_);
+    removals_.insert(removals_.end(), keys.begin(), keys.end());
+  }
+  has_removals_.store(true, std::memory_order_release);
+  KVT_LOG_WARN(
+      "redis adapter {}: {} damaged values could not be removed yet; removing them once "
+      "a connection is up",
+      name(), keys.size());
+}
+
+std::vector<ObjectKey> RedisAdapter::TakeRemovals() {
+  MutexLock lock(&removals_mu_);
+  has_removals_.store(false, std::memory_order_release);
+  return std::exchange(removals_, {});
 }
 
 // Cursor: "<scan cursor>" or, when one SCAN batch held more matches than a page,
@@ -1028,6 +1189,7 @@ void RedisAdapter::DoStatusJson(nlohmann::json* out) const {
     r["last_error"] = last_error_;
     r["reconnects"] = reconnects_;
     r["disconnects"] = disconnects_;
+    r["reconnect_failures"] = reconnect_failures_;
   }
   {
     MutexLock lock(&locks_mu_);

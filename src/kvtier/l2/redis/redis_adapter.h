@@ -10,18 +10,31 @@
 // not as newly stored bytes), lookups `EXISTS`, loads `GET`, deletes `UNLINK`, listing `SCAN`.
 //
 // Threads: `connections` I/O threads, each with its own blocking hiredis connection. A task
-// goes whole to one connection (the least loaded one that is up): its N commands are written
-// pipelined, then the N replies read, in order. Submit* never wait for the network. A store's
-// bytes go from the caller's buffers straight to the socket, a load's straight from the socket
-// into the caller's buffers (a key that then fails its checks may have had its buffer written).
+// goes whole to one connection (the one that is up with the fewest tasks queued or running): its
+// N commands are written pipelined, then the N replies read, in order. Submit* never wait for the
+// network. A store's bytes go from the caller's buffers straight to the socket, a load's straight
+// from the socket into the caller's buffers (a key that then fails its checks may have had its
+// buffer written).
 //
 // Failures: an I/O error or a command timeout fails the task in progress (stores: a retryable
 // task error; lookups: every key reported missing; loads: the keys not read yet fail), marks
 // the connection down and fails what was queued on it. An idle connection that the server
 // closes is noticed at once. A connection that is down reconnects on its own thread with
-// exponential backoff (reconnect_backoff_min .. max); while every connection is down, tasks
-// fail at once instead of queueing, and healthy() is false with the last error in
-// StatusJson(). A restarted server is picked up without restarting kvtier.
+// exponential backoff (reconnect_backoff_min .. max); failed attempts are logged as warnings
+// (rate-limited: ReconnectWarnings). While every connection is down, tasks fail at once instead
+// of queueing, and healthy() is false with the last error in StatusJson(). A restarted server
+// is picked up without restarting kvtier. Damaged values a load found before its connection
+// failed are removed once a connection is up again.
+//
+// Accounting: a deletion subtracts only bytes this process added. With max_capacity (kvtier owns
+// the capacity) the adapter records the payload size of every key it stored and has not seen
+// deleted (about 60 bytes per key, as many keys as the capacity holds): a deletion subtracts
+// exactly what was added, removing a value this process never stored (an earlier run's, another
+// client's) subtracts nothing, and a key that vanished behind our back (FLUSHDB, a restart) is
+// reported deleted, with its bytes, when a Delete or a new store of it finds it gone. Without
+// max_capacity (Redis owns the capacity and evicts behind our back, so such a record would grow
+// without bound) there is no record: usage counts the bytes this process stored, and deletions
+// are reported to the listeners and counters but subtract nothing.
 //
 // Locks from lookup-and-lock are kept here, client-side: Redis knows nothing of them. They stop
 // this adapter's Delete(force=false) from removing a key, but Redis may still evict the key
@@ -36,6 +49,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -62,6 +76,10 @@ struct RedisAdapterOptions {
   std::string key_prefix = "kvtier:v1:";
   uint64_t max_capacity = 0;  // 0: unbounded
   bool checksum = true;       // XXH3-64 of every object, verified on load
+  // Tests only (never set from JSON): runs on a connection's I/O thread as each task starts
+  // running there, with the connection's index and the task id. It may block to hold the task
+  // (the connection then counts as busy with it).
+  std::function<void(int connection, TaskId task)> before_task;
 
   // Reads the adapter's JSON config (section "redis adapter '<name>'"); unknown keys are
   // errors. Keys: host, port, username, password, db, connections, connect_timeout,
@@ -70,6 +88,27 @@ struct RedisAdapterOptions {
   // (when set and not empty); a "password" in the config wins over the environment.
   static Result<RedisAdapterOptions> FromJson(const nlohmann::json& config,
                                               const std::string& name);
+};
+
+// Which failed reconnection attempts are logged as warnings: the first after the adapter was
+// last connected, one whose error differs from the last warned about (a password changed while
+// the server was down), and otherwise at most one per `interval`. The rest are only counted.
+// Not thread-safe.
+class ReconnectWarnings {
+ public:
+  explicit ReconnectWarnings(Duration interval) : interval_(interval) {}
+  // A failed attempt with `error` at `now`. True: warn, and *suppressed holds the failures not
+  // warned about since the previous warning.
+  bool OnFailure(std::string_view error, TimePoint now, uint64_t* suppressed);
+  // A connection is up: the next failure warns again.
+  void OnConnected();
+
+ private:
+  const Duration interval_;
+  bool warned_ = false;  // since the last OnConnected
+  std::string last_error_;
+  TimePoint last_warning_{};
+  uint64_t suppressed_ = 0;
 };
 
 class RedisAdapter final : public L2Adapter {
@@ -113,7 +152,8 @@ class RedisAdapter final : public L2Adapter {
 
   // Registers a task and hands it to a connection, or fails it at once when none is up.
   void Submit(std::shared_ptr<Task> task);
-  // Hands a task to the least loaded connection that is up; false when none is.
+  // Hands a task to the connection that is up with the fewest tasks queued or running (round
+  // robin among equals); false when none is up.
   bool Dispatch(const std::shared_ptr<Task>& task);
   // Completes a task that never ran (every connection down, or its connection went down).
   void FailUnstarted(Task* task, const Status& why);
@@ -125,6 +165,21 @@ class RedisAdapter final : public L2Adapter {
   Status DownError() const;
   // The control connection for Delete / ListKeys, connected on demand.
   Result<RedisConnection*> ControlConnection() KVT_REQUIRES(control_mu_);
+
+  // Records keys this process has just stored (with max_capacity), before their store is
+  // reported. A key still recorded from an earlier store is gone from Redis (SET NX succeeded):
+  // its old bytes are reported deleted first.
+  void TrackStored(std::span<const ObjectKey> keys, std::span<const uint64_t> sizes)
+      KVT_REQUIRES_SHARED(order_);
+  // Reports keys that are no longer in Redis: `unlinked` were removed by an UNLINK of ours,
+  // `absent` were found missing. Subtracts only the bytes recorded for them: an unlinked key
+  // without a record is reported with size 0, an absent one not at all.
+  void ReportGone(std::span<const ObjectKey> unlinked, std::span<const ObjectKey> absent)
+      KVT_REQUIRES(order_);
+  // Damaged values a load could not remove (its connection failed): removed by the next
+  // connection that is up, before its next task.
+  void QueueRemovals(std::span<const ObjectKey> keys);
+  std::vector<ObjectKey> TakeRemovals();
 
   const RedisAdapterOptions options_;
   std::vector<std::unique_ptr<Worker>> workers_;
@@ -148,12 +203,26 @@ class RedisAdapter final : public L2Adapter {
   mutable Mutex locks_mu_;
   KeyLockTable locks_ KVT_GUARDED_BY(locks_mu_);
 
+  // With max_capacity: the payload size of each key this process stored and has not reported
+  // deleted. Changed holding order_ (shared for stores: one key has one successful SET NX at a
+  // time).
+  const bool track_sizes_;
+  Mutex tracked_mu_;
+  absl::flat_hash_map<ObjectKey, uint64_t, keys::ObjectKeyHash> tracked_
+      KVT_GUARDED_BY(tracked_mu_);
+
+  Mutex removals_mu_;
+  std::vector<ObjectKey> removals_ KVT_GUARDED_BY(removals_mu_);
+  std::atomic<bool> has_removals_{false};
+
   mutable Mutex health_mu_;
   mutable CondVar health_cv_;
   int connections_up_ KVT_GUARDED_BY(health_mu_) = 0;
   std::string last_error_ KVT_GUARDED_BY(health_mu_);
   uint64_t reconnects_ KVT_GUARDED_BY(health_mu_) = 0;
   uint64_t disconnects_ KVT_GUARDED_BY(health_mu_) = 0;
+  uint64_t reconnect_failures_ KVT_GUARDED_BY(health_mu_) = 0;
+  ReconnectWarnings reconnect_warnings_ KVT_GUARDED_BY(health_mu_);
 
   std::atomic<uint64_t> corrupt_values_{0};
   std::atomic<uint64_t> rejected_oversize_{0};

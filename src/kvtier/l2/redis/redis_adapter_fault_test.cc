@@ -1,5 +1,6 @@
 // The redis adapter when the server dies, hangs, never answers or is not there yet.
 #include <arpa/inet.h>
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -7,11 +8,14 @@
 
 #include "kvtier/l2/redis/redis_adapter.h"
 #include "kvtier/l2/redis/redis_test_util.h"
+#include "kvtier/l2/redis/testing/tcp_fault_proxy.h"
 
 namespace kvtier::l2 {
 namespace {
 
 using redis_test::ConstSpans;
+using redis_test::KeyListener;
+using redis_test::LogCapture;
 using redis_test::MakeKeys;
 using redis_test::MakeObject;
 using redis_test::RedisServerTest;
@@ -19,6 +23,8 @@ using redis_test::Spans;
 using redis_test::StoreWaiter;
 using redis_test::WaitLoad;
 using redis_test::WaitLookup;
+using testing::RedisServerOptions;
+using testing::TcpFaultProxy;
 
 // Submit* hand tasks to the I/O threads and never touch the network: a generous liveness bound,
 // far below every timeout in these tests.
@@ -160,6 +166,155 @@ TEST_F(RedisFaultTest, CommandTimeoutFailsTasksOfAHungServer) {
   loaded = WaitLoad(adapter.get(), adapter->SubmitLoad(keys, Spans(buffers)));
   ASSERT_TRUE(loaded && loaded->All());
   EXPECT_EQ(buffers, objects);
+}
+
+// Sizes of the replies the tests below let through a TcpFaultProxy.
+constexpr size_t kPongReply = sizeof("+PONG\r\n") - 1;
+constexpr size_t kIntegerReply = sizeof(":1\r\n") - 1;
+
+class RedisProxiedTest : public RedisServerTest {
+ protected:
+  void SetUp() override {
+    RedisServerTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    auto proxy = TcpFaultProxy::Start(server_->host(), server_->port());
+    ASSERT_TRUE(proxy) << proxy.error().ToString();
+    proxy_ = std::move(*proxy);
+  }
+  // An adapter connected through the proxy, with `listener` attached.
+  std::unique_ptr<RedisAdapter> MakeProxiedAdapter(L2Listener* listener,
+                                                   nlohmann::json extra = {}) {
+    nlohmann::json config = {{"port", proxy_->port()},
+                             {"max_capacity", "1GiB"},  // exact per-key accounting
+                             {"connections", 1},
+                             {"reconnect_backoff_min", "20ms"},
+                             {"reconnect_backoff_max", "100ms"}};
+    if (!extra.is_null()) config.update(extra);
+    auto adapter = MakeAdapter(config);
+    if (adapter != nullptr) adapter->AddListener(listener);
+    return adapter;
+  }
+  std::unique_ptr<TcpFaultProxy> proxy_;
+};
+
+// The connection of a Delete fails after the first replies: what they confirmed is reported
+// (accounts, listeners, result bits); the rest stays counted until a later Delete finds it gone.
+TEST_F(RedisProxiedTest, DeleteReportsTheKeysConfirmedBeforeItsConnectionFailed) {
+  KeyListener listener;
+  auto adapter = MakeProxiedAdapter(&listener);
+  ASSERT_NE(adapter, nullptr);
+  auto keys = MakeKeys(4);
+  std::vector<std::vector<uint8_t>> objects(4, MakeObject(1000, 1));
+  StoreWaiter stores(adapter.get());
+  auto stored = stores.Wait(adapter->SubmitStore(keys, ConstSpans(objects)));
+  ASSERT_TRUE(stored && stored->status.ok());
+  ASSERT_EQ(adapter->Usage().used_bytes, 4000u);
+
+  // Delete opens its connection now: PING's reply and two UNLINK replies pass, then it is cut.
+  proxy_->CutAfter(kPongReply + 2 * kIntegerReply);
+  auto deleted = adapter->Delete(keys);
+  ASSERT_TRUE(deleted) << deleted.error().ToString();
+  EXPECT_EQ(deleted->ToString(), "1100");
+  EXPECT_EQ(adapter->Usage().used_bytes, 2000u);
+  EXPECT_EQ(listener.deleted(), std::vector<ObjectKey>(keys.begin(), keys.begin() + 2));
+  EXPECT_EQ(adapter->Counters().deleted_keys, 2u);
+  // Redis ran every UNLINK; the adapter could not know it for the last two.
+  EXPECT_EQ(server_->Command({"DBSIZE"}).value(), "0");
+
+  // Once it can tell, it reports them, with the bytes they were counted with.
+  proxy_->PassAll();
+  deleted = adapter->Delete(keys);
+  ASSERT_TRUE(deleted) << deleted.error().ToString();
+  EXPECT_EQ(deleted->ToString(), "1111");
+  EXPECT_EQ(adapter->Usage().used_bytes, 0u);
+  EXPECT_EQ(listener.deleted(), keys);
+
+  // No reply at all: nothing is known, the call fails, and the key stays counted.
+  stored = stores.Wait(adapter->SubmitStore(std::span(keys).first(1), ConstSpans(objects, 0, 1)));
+  ASSERT_TRUE(stored && stored->status.ok());
+  proxy_->CutAfter(0);  // the Delete connection, open since the last call
+  deleted = adapter->Delete(std::span(keys).first(1));
+  ASSERT_FALSE(deleted);
+  EXPECT_NE(deleted.error().message().find("Delete"), std::string_view::npos)
+      << deleted.error().ToString();
+  EXPECT_EQ(adapter->Usage().used_bytes, 1000u);
+  EXPECT_EQ(listener.deleted().size(), 4u);
+  adapter->Close();
+}
+
+// A load finds a damaged value, then its connection fails on the next reply: the damaged value
+// is counted at once and removed (and reported) once a connection is up again.
+TEST_F(RedisProxiedTest, DamagedValueFoundBeforeAConnectionFailureIsCountedAndRemoved) {
+  KeyListener listener;
+  auto adapter = MakeProxiedAdapter(&listener);
+  ASSERT_NE(adapter, nullptr);
+  auto keys = MakeKeys(2);
+  std::vector<std::vector<uint8_t>> objects = {MakeObject(100, 1), MakeObject(100, 2)};
+  StoreWaiter stores(adapter.get());
+  auto stored = stores.Wait(adapter->SubmitStore(keys, ConstSpans(objects)));
+  ASSERT_TRUE(stored && stored->status.ok());
+  const std::string damaged = "not a kvtier value";
+  ASSERT_TRUE(server_->Command({"SET", adapter->RedisKey(keys[0]), damaged}));
+
+  // The first GET's reply passes whole, the second is cut.
+  proxy_->CutAfter(fmt::format("${}\r\n{}\r\n", damaged.size(), damaged).size());
+  std::vector<std::vector<uint8_t>> buffers(2, std::vector<uint8_t>(100));
+  auto loaded = WaitLoad(adapter.get(), adapter->SubmitLoad(keys, Spans(buffers)));
+  ASSERT_TRUE(loaded);
+  EXPECT_EQ(loaded->ToString(), "00");
+  EXPECT_EQ(adapter->StatusJson()["redis"]["corrupt_values"], 1);
+
+  proxy_->PassAll();
+  ASSERT_TRUE(adapter->WaitForHealth(true, std::chrono::seconds(20)));
+  ASSERT_TRUE(listener.WaitDeleted(1));
+  EXPECT_EQ(listener.deleted(), std::vector<ObjectKey>{keys[0]});
+  EXPECT_EQ(server_->Command({"EXISTS", adapter->RedisKey(keys[0])}).value(), "0");
+  EXPECT_EQ(adapter->Usage().used_bytes, 100u);  // keys[1]'s
+  auto found = WaitLookup(adapter.get(), adapter->SubmitLookupAndLock(keys));
+  ASSERT_TRUE(found);
+  EXPECT_EQ(found->ToString(), "01");
+  adapter->SubmitUnlock(std::span(keys).subspan(1));
+  adapter->Close();
+}
+
+class RedisAclFaultTest : public RedisFaultTest {
+ protected:
+  RedisServerOptions ServerOptions() override {
+    RedisServerOptions o;
+    o.acl_users = {"alice on >alice-pw ~kvtier:* +@all"};
+    return o;
+  }
+};
+
+// Credentials that stop working while the adapter runs (a rotated password) leave it down; that
+// must be visible: a warning naming the reason, then rate-limited, and the reason in the status.
+TEST_F(RedisAclFaultTest, ChangedPasswordIsLoggedAsAWarningWithTheReason) {
+  LogCapture logs;  // before the adapter: see what its threads log
+  {
+    auto adapter = MakeAdapter({{"username", "alice"},
+                                {"password", "alice-pw"},
+                                {"connections", 2},
+                                {"reconnect_backoff_min", "5ms"},
+                                {"reconnect_backoff_max", "10ms"}});
+    ASSERT_NE(adapter, nullptr);
+    ASSERT_TRUE(adapter->healthy());
+    ASSERT_TRUE(server_->Command({"ACL", "SETUSER", "alice", "resetpass", ">rotated"}));
+    ASSERT_TRUE(server_->Command({"CLIENT", "KILL", "USER", "alice"}));
+
+    ASSERT_TRUE(logs.WaitFor(spdlog::level::warn, {"cannot reconnect", "WRONGPASS"}))
+        << logs.Dump();
+    EXPECT_FALSE(adapter->healthy());
+    nlohmann::json status = adapter->StatusJson()["redis"];
+    EXPECT_NE(status["last_error"].get<std::string>().find("AUTH as user 'alice' failed"),
+              std::string::npos)
+        << status.dump();
+    EXPECT_GE(status["reconnect_failures"].get<int>(), 1);
+    // Many more failed attempts, same error: no more warnings (the interval is 30 s).
+    ASSERT_TRUE(logs.WaitFor(spdlog::level::debug, {"reconnect failed", "WRONGPASS"}, 10))
+        << logs.Dump();
+    EXPECT_EQ(logs.Count(spdlog::level::warn, {"cannot reconnect"}), 1u) << logs.Dump();
+    adapter->Close();
+  }
 }
 
 // A listener that completes TCP handshakes (the kernel does) and never reads or answers.

@@ -176,7 +176,8 @@ TEST_F(RedisStressTest, ConcurrentStoreLookupLoadCancelDelete) {
 // match what the server holds at the end (each key's store and deletion are reported in the
 // order Redis applied them).
 TEST_F(RedisStressTest, RacingStoresAndDeletesKeepTheAccountsExact) {
-  auto adapter = MakeAdapter({{"connections", 3}});
+  // With max_capacity, the accounting the adapter keeps exact (see RedisAdapter).
+  auto adapter = MakeAdapter({{"connections", 3}, {"max_capacity", "1GiB"}});
   ASSERT_NE(adapter, nullptr);
   CompletionHub hub(adapter.get());
   constexpr size_t kKeys = 8;

@@ -2,7 +2,9 @@
 // values, size limits, delete/list, cancel, AUTH, configuration.
 #include "kvtier/l2/redis/redis_adapter.h"
 
+#include <atomic>
 #include <cstdlib>
+#include <map>
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -16,6 +18,8 @@ namespace kvtier::l2 {
 namespace {
 
 using redis_test::ConstSpans;
+using redis_test::Gate;
+using redis_test::KeyListener;
 using redis_test::MakeKeys;
 using redis_test::MakeObject;
 using redis_test::RedisServerTest;
@@ -281,6 +285,163 @@ TEST_F(RedisAdapterTest, DamagedValuesAreMissesAndAreRemoved) {
   for (int i = 0; i < 4; ++i) EXPECT_EQ(buffers[i], objects[i]);
 }
 
+// Removing a value this process never stored (an earlier run's, another client's) must not
+// subtract bytes that were never added: the accounts would under-count what this process holds.
+TEST_F(RedisAdapterTest, RemovingValuesThisProcessNeverStoredSubtractsNothing) {
+  auto adapter = MakeAdapter({{"max_capacity", "1GiB"}});
+  KeyListener listener;
+  adapter->AddListener(&listener);
+  auto keys = MakeKeys(3);
+  auto object = MakeObject(100, 1);
+  std::span<const uint8_t> src(object);
+  StoreWaiter stores(adapter.get());
+  ASSERT_TRUE(stores.Wait(adapter->SubmitStore(std::span(keys).subspan(1, 1), std::span(&src, 1)))
+                  ->status.ok());
+  ASSERT_EQ(adapter->Usage().used_bytes, 100u);
+
+  // keys[0]: a damaged 1000-byte value found by a load; keys[2]: a value deleted by Delete.
+  ASSERT_TRUE(server_->Command({"SET", adapter->RedisKey(keys[0]), std::string(1000, 'x')}));
+  ASSERT_TRUE(server_->Command({"SET", adapter->RedisKey(keys[2]), std::string(2000, 'y')}));
+  std::vector<std::vector<uint8_t>> buffers(1, std::vector<uint8_t>(1000 - kRedisValueHeaderSize));
+  auto loaded =
+      WaitLoad(adapter.get(), adapter->SubmitLoad(std::span(keys).first(1), Spans(buffers)));
+  ASSERT_TRUE(loaded);
+  EXPECT_EQ(loaded->ToString(), "0");
+  EXPECT_EQ(server_->Command({"EXISTS", adapter->RedisKey(keys[0])}).value(), "0");
+  EXPECT_EQ(adapter->StatusJson()["redis"]["corrupt_values"], 1);
+  EXPECT_EQ(adapter->Usage().used_bytes, 100u);
+
+  auto deleted = adapter->Delete(std::span(keys).subspan(2, 1));
+  ASSERT_TRUE(deleted) << deleted.error().ToString();
+  EXPECT_EQ(deleted->ToString(), "1");
+  EXPECT_EQ(adapter->Usage().used_bytes, 100u);
+  EXPECT_EQ(adapter->Counters().deleted_keys, 2u);  // both were removed by this adapter
+  EXPECT_EQ(listener.deleted(), (std::vector<ObjectKey>{keys[0], keys[2]}));
+
+  // The one it did store still subtracts what it added.
+  deleted = adapter->Delete(std::span(keys).subspan(1, 1));
+  ASSERT_TRUE(deleted);
+  EXPECT_EQ(adapter->Usage().used_bytes, 0u);
+  adapter->Close();
+}
+
+// A key that vanished behind the adapter's back (here FLUSHDB; Redis eviction alike) is found
+// gone by the next store or Delete of it, and its old bytes leave the accounts then.
+TEST_F(RedisAdapterTest, KeysThatVanishedLeaveTheAccountsWhenFoundGone) {
+  auto adapter = MakeAdapter({{"max_capacity", "1GiB"}});
+  auto keys = MakeKeys(2);
+  std::vector<std::vector<uint8_t>> objects = {MakeObject(100, 1), MakeObject(300, 2)};
+  StoreWaiter stores(adapter.get());
+  ASSERT_TRUE(stores.Wait(adapter->SubmitStore(keys, ConstSpans(objects)))->status.ok());
+  ASSERT_EQ(adapter->Usage().used_bytes, 400u);
+  ASSERT_TRUE(server_->Command({"FLUSHDB"}));
+  auto deleted = adapter->Delete(std::span(keys).first(1));
+  ASSERT_TRUE(deleted);
+  EXPECT_EQ(deleted->ToString(), "1");
+  EXPECT_EQ(adapter->Usage().used_bytes, 300u);
+  // Stored again with another size: counted once, at the new size.
+  auto other = MakeObject(50, 3);
+  std::span<const uint8_t> src(other);
+  ASSERT_TRUE(stores.Wait(adapter->SubmitStore(std::span(keys).subspan(1), std::span(&src, 1)))
+                  ->status.ok());
+  EXPECT_EQ(adapter->Usage().used_bytes, 50u);
+  adapter->Close();
+}
+
+// Without max_capacity Redis owns the capacity and evicts behind kvtier's back, so the adapter
+// keeps no per-key record (it would grow without bound): usage counts the bytes this process
+// stored, and a deletion, which it cannot attribute, subtracts nothing.
+TEST_F(RedisAdapterTest, WithoutACapacityUsageCountsBytesStored) {
+  auto adapter = MakeAdapter();
+  KeyListener listener;
+  adapter->AddListener(&listener);
+  auto keys = MakeKeys(2);
+  std::vector<std::vector<uint8_t>> objects = {MakeObject(100, 1), MakeObject(300, 2)};
+  StoreWaiter stores(adapter.get());
+  ASSERT_TRUE(stores.Wait(adapter->SubmitStore(keys, ConstSpans(objects)))->status.ok());
+  ASSERT_EQ(adapter->Usage().used_bytes, 400u);
+  auto deleted = adapter->Delete(keys);
+  ASSERT_TRUE(deleted);
+  EXPECT_EQ(deleted->ToString(), "11");
+  EXPECT_EQ(adapter->Usage().used_bytes, 400u);
+  EXPECT_EQ(adapter->Counters().deleted_keys, 2u);
+  EXPECT_EQ(listener.deleted(), keys);
+  adapter->Close();
+}
+
+// A task goes to the connection with the least work, counting the task it is running: a lookup
+// must not queue behind a long store while another connection is idle.
+TEST_F(RedisAdapterTest, TasksGoToAnIdleConnectionNotBehindARunningStore) {
+  auto options = RedisAdapterOptions::FromJson(Config({{"connections", 2}}), "redis0");
+  ASSERT_TRUE(options) << options.error().ToString();
+  Gate store_gate;
+  std::atomic<bool> first{true};
+  Mutex mu;
+  std::map<TaskId, int> ran_on;  // task -> connection
+  options->before_task = [&](int connection, TaskId task) {
+    {
+      MutexLock lock(&mu);
+      ran_on[task] = connection;
+    }
+    if (first.exchange(false)) store_gate.Pass();  // the store: held until the test opens
+  };
+  auto created = RedisAdapter::Create(*options, "redis0");
+  ASSERT_TRUE(created) << created.error().ToString();
+  std::unique_ptr<RedisAdapter> adapter = std::move(*created);
+  // Whatever fails below, the held store must be let go before the adapter closes.
+  struct OpenOnExit {
+    Gate* gate;
+    ~OpenOnExit() { gate->Open(); }
+  } open_on_exit{&store_gate};
+
+  auto keys = MakeKeys(1);
+  auto object = MakeObject(1 << 20, 1);
+  std::span<const uint8_t> src(object);
+  StoreWaiter stores(adapter.get());
+  TaskId store = adapter->SubmitStore(keys, std::span(&src, 1));
+  ASSERT_TRUE(store_gate.AwaitArrivals(1));
+  int busy;
+  {
+    MutexLock lock(&mu);
+    busy = ran_on.at(store);
+  }
+  // Round robin alone would send every other lookup to the busy connection.
+  for (int i = 0; i < 4; ++i) {
+    TaskId lookup = adapter->SubmitLookupAndLock(keys);
+    auto found = WaitLookup(adapter.get(), lookup, std::chrono::seconds(10));
+    ASSERT_TRUE(found) << "lookup " << i << " waited behind the held store";
+    EXPECT_EQ(found->ToString(), "0");
+    MutexLock lock(&mu);
+    EXPECT_NE(ran_on.at(lookup), busy) << "lookup " << i;
+  }
+  store_gate.Open();
+  auto r = stores.Wait(store);
+  ASSERT_TRUE(r);
+  EXPECT_TRUE(r->status.ok()) << r->status.ToString();
+  adapter->Close();
+}
+
+TEST(ReconnectWarningsTest, FirstFailureChangedErrorsThenOnePerInterval) {
+  using std::chrono::seconds;
+  ReconnectWarnings w(seconds(30));
+  const TimePoint t0 = std::chrono::steady_clock::now();
+  uint64_t suppressed = 99;
+  EXPECT_TRUE(w.OnFailure("connection refused", t0, &suppressed));
+  EXPECT_EQ(suppressed, 0u);
+  EXPECT_FALSE(w.OnFailure("connection refused", t0 + seconds(1), &suppressed));
+  EXPECT_FALSE(w.OnFailure("connection refused", t0 + seconds(29), &suppressed));
+  // Another reason (the password was changed meanwhile) is news: warn at once.
+  EXPECT_TRUE(w.OnFailure("WRONGPASS", t0 + seconds(29), &suppressed));
+  EXPECT_EQ(suppressed, 2u);
+  EXPECT_FALSE(w.OnFailure("WRONGPASS", t0 + seconds(58), &suppressed));
+  EXPECT_TRUE(w.OnFailure("WRONGPASS", t0 + seconds(59), &suppressed));
+  EXPECT_EQ(suppressed, 1u);
+  // Connected again: the next outage's first failure warns.
+  w.OnConnected();
+  EXPECT_TRUE(w.OnFailure("WRONGPASS", t0 + seconds(60), &suppressed));
+  EXPECT_EQ(suppressed, 0u);
+}
+
 TEST_F(RedisAdapterTest, LoadIntoABufferOfAnotherSizeFails) {
   auto adapter = MakeAdapter();
   auto keys = MakeKeys(1);
@@ -340,7 +501,7 @@ TEST_F(RedisAdapterTest, ServerErrorRepliesFailTheStore) {
 }
 
 TEST_F(RedisAdapterTest, DeleteSkipsLockedKeysUnlessForced) {
-  auto adapter = MakeAdapter();
+  auto adapter = MakeAdapter({{"max_capacity", "1GiB"}});  // exact accounting
   RecordingListener listener;
   adapter->AddListener(&listener);
   auto keys = MakeKeys(3);

@@ -29,6 +29,8 @@ std::unique_ptr<L2Adapter> MakeRedisForTest() {
   if (server == nullptr) return nullptr;
   nlohmann::json config = server->AdapterConfig();
   config["key_prefix"] = fmt::format("conformance{}:", next_prefix++);
+  // kvtier owns the capacity: the adapter's usage is exact (see RedisAdapter, accounting).
+  config["max_capacity"] = "1GiB";
   auto adapter = MakeRedisAdapter(config, "redis0");
   EXPECT_TRUE(adapter) << adapter.error().ToString();
   return adapter ? std::move(*adapter) : nullptr;

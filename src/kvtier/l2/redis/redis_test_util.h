@@ -11,8 +11,11 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <poll.h>
+#include <spdlog/sinks/base_sink.h>
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include "kvtier/common/mutex.h"
 #include "kvtier/keys/object_key.h"
 #include "kvtier/l2/adapter.h"
 #include "kvtier/l2/redis/redis_adapter.h"
@@ -131,6 +134,151 @@ inline std::optional<Bitmap> WaitLoad(L2Adapter* adapter, TaskId task, Duration 
     WaitReadable(adapter->load_event_fd(), left);
   }
 }
+
+// Records the keys an adapter reports stored, accessed and deleted. Thread-safe; Wait* block
+// (with a deadline) until enough keys arrived.
+class KeyListener : public L2Listener {
+ public:
+  void OnL2KeysStored(std::span<const ObjectKey> keys, std::span<const uint64_t>) override {
+    MutexLock lock(&mu_);
+    stored_.insert(stored_.end(), keys.begin(), keys.end());
+    cv_.NotifyAll();
+  }
+  void OnL2KeysDeleted(std::span<const ObjectKey> keys) override {
+    MutexLock lock(&mu_);
+    deleted_.insert(deleted_.end(), keys.begin(), keys.end());
+    cv_.NotifyAll();
+  }
+  std::vector<ObjectKey> stored() const {
+    MutexLock lock(&mu_);
+    return stored_;
+  }
+  std::vector<ObjectKey> deleted() const {
+    MutexLock lock(&mu_);
+    return deleted_;
+  }
+  bool WaitDeleted(size_t n, Duration timeout = 30s) const {
+    TimePoint deadline = std::chrono::steady_clock::now() + timeout;
+    MutexLock lock(&mu_);
+    while (deleted_.size() < n) {
+      if (!cv_.WaitUntil(&mu_, deadline) && std::chrono::steady_clock::now() >= deadline) break;
+    }
+    return deleted_.size() >= n;
+  }
+
+ private:
+  mutable Mutex mu_;
+  mutable CondVar cv_;
+  std::vector<ObjectKey> stored_ KVT_GUARDED_BY(mu_);
+  std::vector<ObjectKey> deleted_ KVT_GUARDED_BY(mu_);
+};
+
+// A gate the test opens: I/O threads wait in a hook until then.
+class Gate {
+ public:
+  void Open() {
+    MutexLock lock(&mu_);
+    open_ = true;
+    cv_.NotifyAll();
+  }
+  // Called by the hook: records arrival, then waits for Open().
+  void Pass() {
+    MutexLock lock(&mu_);
+    ++arrived_;
+    cv_.NotifyAll();
+    while (!open_) cv_.Wait(&mu_);
+  }
+  // The test waits until `n` threads arrived; false after `timeout`.
+  bool AwaitArrivals(int n, Duration timeout = 30s) {
+    TimePoint deadline = std::chrono::steady_clock::now() + timeout;
+    MutexLock lock(&mu_);
+    while (arrived_ < n) {
+      if (!cv_.WaitUntil(&mu_, deadline) && std::chrono::steady_clock::now() >= deadline) break;
+    }
+    return arrived_ >= n;
+  }
+
+ private:
+  Mutex mu_;
+  CondVar cv_;
+  bool open_ KVT_GUARDED_BY(mu_) = false;
+  int arrived_ KVT_GUARDED_BY(mu_) = 0;
+};
+
+// Captures what the process logs (the default spdlog logger, at debug level and above) while it
+// lives. Install it before the adapters whose messages it should see, and let it go after they
+// are closed: swapping the default logger is not safe while other threads log.
+class LogCapture {
+ public:
+  struct Line {
+    spdlog::level::level_enum level;
+    std::string text;
+  };
+
+  LogCapture() : sink_(std::make_shared<Sink>()), previous_(spdlog::default_logger()) {
+    auto logger = std::make_shared<spdlog::logger>("capture", sink_);
+    logger->set_level(spdlog::level::debug);
+    spdlog::set_default_logger(std::move(logger));
+  }
+  ~LogCapture() { spdlog::set_default_logger(previous_); }
+  LogCapture(const LogCapture&) = delete;
+  LogCapture& operator=(const LogCapture&) = delete;
+
+  // Lines at `level` that contain every one of `parts`.
+  size_t Count(spdlog::level::level_enum level, std::initializer_list<std::string_view> parts) {
+    MutexLock lock(&sink_->mu);
+    return CountLocked(level, parts);
+  }
+  // Waits until Count(level, parts) >= n; false after `timeout`.
+  bool WaitFor(spdlog::level::level_enum level, std::initializer_list<std::string_view> parts,
+               size_t n = 1, Duration timeout = 30s) {
+    TimePoint deadline = std::chrono::steady_clock::now() + timeout;
+    MutexLock lock(&sink_->mu);
+    while (CountLocked(level, parts) < n) {
+      if (!sink_->cv.WaitUntil(&sink_->mu, deadline) &&
+          std::chrono::steady_clock::now() >= deadline) {
+        break;
+      }
+    }
+    return CountLocked(level, parts) >= n;
+  }
+  std::string Dump() {
+    MutexLock lock(&sink_->mu);
+    std::string out;
+    for (const Line& l : sink_->lines) out += l.text + "\n";
+    return out;
+  }
+
+ private:
+  struct Sink final : spdlog::sinks::base_sink<spdlog::details::null_mutex> {
+    Mutex mu;
+    CondVar cv;
+    std::vector<Line> lines KVT_GUARDED_BY(mu);
+
+   protected:
+    void sink_it_(const spdlog::details::log_msg& msg) override {
+      MutexLock lock(&mu);
+      lines.push_back(Line{msg.level, std::string(msg.payload.data(), msg.payload.size())});
+      cv.NotifyAll();
+    }
+    void flush_() override {}
+  };
+
+  size_t CountLocked(spdlog::level::level_enum level, std::initializer_list<std::string_view> parts)
+      KVT_REQUIRES(sink_->mu) {
+    size_t n = 0;
+    for (const Line& l : sink_->lines) {
+      if (l.level != level) continue;
+      bool all = true;
+      for (std::string_view p : parts) all = all && l.text.find(p) != std::string::npos;
+      n += all;
+    }
+    return n;
+  }
+
+  std::shared_ptr<Sink> sink_;
+  std::shared_ptr<spdlog::logger> previous_;
+};
 
 // Starts a redis-server for each test (skipping when none is installed).
 class RedisServerTest : public ::testing::Test {
