@@ -535,18 +535,26 @@ void FsAdapter::DoStatusJson(nlohmann::json* out) const {
   (*out)["fs"] = std::move(fs);
 }
 
-void FsAdapter::NoteError(const Status& status, bool odirect_open_failure) {
+void FsAdapter::NoteError(const Status& status, bool odirect_refused) {
   io_errors_.fetch_add(1, std::memory_order_relaxed);
   MutexLock lock(&status_mu_);
   last_error_ = status.ToString();
-  if (odirect_open_failure && odirect_error_.empty()) {
+  if (odirect_refused && odirect_error_.empty()) {
     odirect_error_ = last_error_;
     odirect_failed_.store(true, std::memory_order_relaxed);
     KVT_LOG_ERROR(
-        "fs adapter '{}': O_DIRECT open failed ({}); the adapter is unhealthy and its "
-        "tasks fail until use_odirect is turned off",
-        name(), last_error_);
+        "fs adapter '{}': the filesystem under {} refused O_DIRECT ({}); the adapter reports "
+        "itself unhealthy from now on. It never falls back to buffered I/O: its stores and loads "
+        "go on being tried with O_DIRECT and fail while it is refused. Set use_odirect to false, "
+        "or move base_path to a filesystem that supports O_DIRECT, and restart",
+        name(), options_.base_path, last_error_);
   }
+}
+
+bool FsAdapter::ODirectRefused(const FsIoOp& op, int err) const {
+  return options_.use_odirect && err == EINVAL &&
+         (op.kind == FsIoOpKind::kOpen || op.kind == FsIoOpKind::kReadv ||
+          op.kind == FsIoOpKind::kWritev);
 }
 
 // ---- Queue -----------------------------------------------------------------------------------
@@ -845,14 +853,15 @@ void FsAdapter::RunStore(FsIoEngine* engine, Task* task) {
 
   auto fail = [&](StoreItem& it, const FsIoOp& op, int err) {
     if (!it.error.ok()) return;
-    bool odirect_open = direct && op.kind == FsIoOpKind::kOpen && err == EINVAL;
+    const bool odirect_refused = ODirectRefused(op, err);
     std::string what =
         err > 0 ? strerror(err) : fmt::format("short transfer ({} bytes)", op.result);
     it.error = Status::IOError(
         fmt::format("{} {}{}: {}", FsIoOpKindName(op.kind), op.path ? op.path : it.tmp_path.c_str(),
-                    odirect_open ? " with O_DIRECT (the filesystem refuses O_DIRECT)" : "", what),
+                    odirect_refused ? " with O_DIRECT (the filesystem refuses O_DIRECT)" : "",
+                    what),
         err > 0 && RetryableErrno(err));
-    NoteError(it.error, odirect_open);
+    NoteError(it.error, odirect_refused);
   };
   auto add_step = [&](StoreItem& it, FsIoOpKind kind, size_t j) {
     it.step = FsIoOp{.kind = kind, .dir_fd = dir_fd_, .fd = it.fd, .user = j};
@@ -1063,11 +1072,15 @@ void FsAdapter::RunLoad(FsIoEngine* engine, Task* task) {
 
   auto io_fail = [&](LoadItem& it, const FsIoOp& op, int err) {
     it.stop = true;
-    bool odirect_open = direct && op.kind == FsIoOpKind::kOpen && err == EINVAL;
-    NoteError(Status::IOError(fmt::format("{} {}{}: {}", FsIoOpKindName(op.kind), it.path,
-                                          odirect_open ? " with O_DIRECT" : "", strerror(err)),
-                              RetryableErrno(err)),
-              odirect_open);
+    const bool odirect_refused = ODirectRefused(op, err);
+    NoteError(
+        Status::IOError(fmt::format("{} {}{}: {}", FsIoOpKindName(op.kind), it.path,
+                                    odirect_refused ? " with O_DIRECT (the filesystem refuses "
+                                                      "O_DIRECT)"
+                                                    : "",
+                                    strerror(err)),
+                        RetryableErrno(err)),
+        odirect_refused);
   };
   auto corrupt = [&](LoadItem& it, std::string_view why) {
     it.stop = true;

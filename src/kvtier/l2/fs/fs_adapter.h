@@ -6,8 +6,10 @@
 //                     space; the storage layer's L2 eviction controller deletes down to it.
 //   use_odirect       false. O_DIRECT reads and writes (no page cache). Unaligned caller buffers
 //                     or sizes go through aligned bounce buffers. A filesystem that refuses
-//                     O_DIRECT fails adapter creation; a later refusal fails the task and shows
-//                     in the status JSON. Never silently downgraded.
+//                     O_DIRECT fails adapter creation; a later refusal (EINVAL from an open,
+//                     read or write) fails that task, marks the adapter unhealthy for good and
+//                     shows in the status JSON. Never downgraded to buffered I/O: later tasks are
+//                     still tried with O_DIRECT.
 //   io_engine         "io_uring" (default; falls back to "pread", logged, when io_uring cannot
 //                     be set up) or "pread".
 //   io_threads        2. Threads running store and load tasks; each has its own engine.
@@ -173,8 +175,12 @@ class FsAdapter final : public L2Adapter {
   Status EnsureFanoutDir(const ObjectKey& key);
   // The file name for a new temp file.
   std::string NextTempPath();
-  // Records an I/O error for the status JSON; O_DIRECT open failures also log once.
-  void NoteError(const Status& status, bool odirect_open_failure);
+  // Records an I/O error for the status JSON. `odirect_refused` (ODirectRefused): the first one
+  // also sets odirect_error, marks the adapter unhealthy for good and logs why.
+  void NoteError(const Status& status, bool odirect_refused);
+  // Whether `op` failing with `err` means the filesystem refuses O_DIRECT: EINVAL from an open,
+  // read or write with use_odirect (every offset, length and buffer we pass is aligned).
+  bool ODirectRefused(const FsIoOp& op, int err) const;
   int OpenFlags(bool write) const;
 
   const FsAdapterOptions options_;

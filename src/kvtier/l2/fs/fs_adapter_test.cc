@@ -896,6 +896,66 @@ TEST(FsAdapterODirectTest, ODirectOpenFailureIsReportedNotDowngraded) {
   }
 }
 
+// EINVAL from an O_DIRECT write or read (a device that wants another alignment, a filesystem
+// that changed under us) means what it means at open: O_DIRECT is refused. The task fails with
+// that reason, the adapter turns unhealthy with it in last_error and odirect_error, and nothing
+// is retried without O_DIRECT.
+TEST(FsAdapterODirectTest, ODirectTransferRefusalMarksTheAdapterUnhealthy) {
+  std::string parent = fs_testing::ODirectCapableParent();
+  if (parent.empty()) GTEST_SKIP() << "no filesystem supporting O_DIRECT here";
+  TempDir dir(parent);
+  int n = 0;
+  for (FsIoEngineKind kind : {FsIoEngineKind::kPread, FsIoEngineKind::kIoUring}) {
+    for (FsIoOpKind refused : {FsIoOpKind::kWritev, FsIoOpKind::kReadv}) {
+      SCOPED_TRACE(fmt::format("{} {}", kind == FsIoEngineKind::kPread ? "pread" : "io_uring",
+                               FsIoOpKindName(refused)));
+      FsAdapterOptions o;
+      o.base_path = fmt::format("{}/{}", dir.path(), n++);
+      o.use_odirect = true;
+      o.io_engine = kind;
+      std::atomic<bool> refuse{false};
+      std::atomic<int> buffered_transfers{0};
+      InstallHook(&o, [&](FsIoOp* op) -> std::optional<int64_t> {
+        if (op->kind != FsIoOpKind::kReadv && op->kind != FsIoOpKind::kWritev) return std::nullopt;
+        if (!op->direct) ++buffered_transfers;
+        if (op->kind == refused && refuse.load()) return -EINVAL;
+        return std::nullopt;
+      });
+      auto a = FsAdapter::Create(o, "od");
+      ASSERT_TRUE(a.has_value()) << a.error().ToString();
+      std::vector<ObjectKey> keys = {MakeKey(1), MakeKey(2)};
+      std::vector<uint8_t> p = MakePayload(1, 8192);
+      std::vector<std::span<const uint8_t>> objs = {p, p};
+      if (refused == FsIoOpKind::kReadv) {
+        ASSERT_TRUE(
+            StoreSync(a->get(), std::span(keys).first(1), std::span(objs).first(1)).status.ok());
+      }
+      ASSERT_TRUE((*a)->healthy());
+      refuse = true;
+      if (refused == FsIoOpKind::kWritev) {
+        StoreResult r = StoreSync(a->get(), std::span(keys).subspan(1), std::span(objs).subspan(1));
+        ASSERT_FALSE(r.status.ok());
+        EXPECT_NE(r.status.message().find("O_DIRECT"), std::string::npos) << r.status.ToString();
+      } else {
+        AlignedBuffer buffer(8192);
+        std::span<uint8_t> dst = buffer.span();
+        EXPECT_EQ(LoadSync(a->get(), std::span(keys).first(1), std::span(&dst, 1)).ToString(), "0");
+        EXPECT_EQ((*a)->StoredKeys().size(), 1u);  // a refusal is not a damaged record
+      }
+      EXPECT_FALSE((*a)->healthy());
+      nlohmann::json j = (*a)->StatusJson();
+      const std::string what = FsIoOpKindName(refused) == std::string("read") ? "read " : "write ";
+      for (const char* field : {"last_error", "odirect_error"}) {
+        std::string e = j["fs"][field];
+        EXPECT_NE(e.find(what), std::string::npos) << field << ": " << e;
+        EXPECT_NE(e.find("refuses O_DIRECT"), std::string::npos) << field << ": " << e;
+      }
+      EXPECT_EQ(buffered_transfers.load(), 0);  // never downgraded
+      (*a)->Close();
+    }
+  }
+}
+
 TEST(FsAdapterODirectTest, UnalignedObjectsAreBounced) {
   std::string parent = fs_testing::ODirectCapableParent();
   if (parent.empty()) GTEST_SKIP() << "no filesystem supporting O_DIRECT here";
