@@ -498,7 +498,10 @@ void FsAdapter::DoClose() {
   }
 }
 
-bool FsAdapter::DoHealthy() const { return !odirect_failed_.load(std::memory_order_relaxed); }
+bool FsAdapter::DoHealthy() const {
+  return !odirect_failed_.load(std::memory_order_relaxed) &&
+         !engine_failed_.load(std::memory_order_relaxed);
+}
 
 void FsAdapter::DoStatusJson(nlohmann::json* out) const {
   size_t files = 0, locked = 0;
@@ -532,6 +535,7 @@ void FsAdapter::DoStatusJson(nlohmann::json* out) const {
                     {"ignored_files", recovery_.ignored_files}};
   fs["last_error"] = last_error_;
   fs["odirect_error"] = odirect_error_;
+  fs["io_engine_error"] = engine_error_;
   (*out)["fs"] = std::move(fs);
 }
 
@@ -549,6 +553,25 @@ void FsAdapter::NoteError(const Status& status, bool odirect_refused) {
         "or move base_path to a filesystem that supports O_DIRECT, and restart",
         name(), options_.base_path, last_error_);
   }
+}
+
+void FsAdapter::CheckEngine(const FsIoEngine* engine) {
+  Status status = engine->status();
+  if (status.ok()) return;
+  size_t thread = 0;
+  while (thread < engines_.size() && engines_[thread].get() != engine) ++thread;
+  std::string error = fmt::format("I/O thread {}: {}", thread, status.ToString());
+  {
+    MutexLock lock(&status_mu_);
+    if (!failed_engines_.insert(engine).second) return;  // noted already
+    last_error_ = error;
+    if (engine_error_.empty()) engine_error_ = error;
+  }
+  engine_failed_.store(true, std::memory_order_relaxed);
+  KVT_LOG_ERROR(
+      "fs adapter '{}': {}. The operations caught in the failure failed their tasks; that thread "
+      "goes on with blocking I/O, and the adapter reports itself unhealthy from now on",
+      name(), error);
 }
 
 bool FsAdapter::ODirectRefused(const FsIoOp& op, int err) const {
@@ -1030,6 +1053,7 @@ void FsAdapter::RunStore(FsIoEngine* engine, Task* task) {
         fmt::format("fs store: {} of {} keys failed; first: {}", failed, n, first_error.message()),
         first_error.retryable());
   }
+  CheckEngine(engine);  // before the completion: whoever sees it sees the adapter's health
   CompleteStore(task->id, std::move(status), stored, sizes);
   MarkAccounted(stored);
 }
@@ -1233,6 +1257,7 @@ void FsAdapter::RunLoad(FsIoEngine* engine, Task* task) {
   }
   // Before the completion: once the caller hears of the miss, the key is gone.
   if (!bad.empty()) RemoveBadRecords(bad, generations);
+  CheckEngine(engine);
   CompleteLoad(task->id, std::move(loaded), bytes);
 }
 

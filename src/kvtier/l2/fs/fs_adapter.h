@@ -11,7 +11,10 @@
 //                     shows in the status JSON. Never downgraded to buffered I/O: later tasks are
 //                     still tried with O_DIRECT.
 //   io_engine         "io_uring" (default; falls back to "pread", logged, when io_uring cannot
-//                     be set up) or "pread".
+//                     be set up) or "pread". An io_uring submission that fails for good later
+//                     fails the operations caught in it (their tasks fail with an IOError), and
+//                     that thread goes on with blocking I/O; the adapter turns unhealthy, with
+//                     the reason in io_engine_error and last_error. Never a crash.
 //   io_threads        2. Threads running store and load tasks; each has its own engine.
 //   queue_depth       32. io_uring entries per thread (operations in flight per thread).
 //   recover_on_start  true. Start() scans base_path: corrupt records are removed, the others
@@ -181,6 +184,9 @@ class FsAdapter final : public L2Adapter {
   // Whether `op` failing with `err` means the filesystem refuses O_DIRECT: EINVAL from an open,
   // read or write with use_odirect (every offset, length and buffer we pass is aligned).
   bool ODirectRefused(const FsIoOp& op, int err) const;
+  // When an I/O thread's engine has lost its asynchronous I/O (FsIoEngine::status), marks the
+  // adapter unhealthy for good, and records and logs why (once per engine). On the I/O thread.
+  void CheckEngine(const FsIoEngine* engine);
   int OpenFlags(bool write) const;
 
   const FsAdapterOptions options_;
@@ -211,9 +217,12 @@ class FsAdapter final : public L2Adapter {
   std::atomic<uint64_t> io_errors_{0};
   std::atomic<uint64_t> bounced_objects_{0};
   std::atomic<bool> odirect_failed_{false};
+  std::atomic<bool> engine_failed_{false};
   mutable Mutex status_mu_;
   std::string last_error_ KVT_GUARDED_BY(status_mu_);
   std::string odirect_error_ KVT_GUARDED_BY(status_mu_);
+  std::string engine_error_ KVT_GUARDED_BY(status_mu_);  // the first engine failure
+  absl::flat_hash_set<const FsIoEngine*> failed_engines_ KVT_GUARDED_BY(status_mu_);
   FsRecoveryStats recovery_ KVT_GUARDED_BY(status_mu_);
 };
 

@@ -956,6 +956,50 @@ TEST(FsAdapterODirectTest, ODirectTransferRefusalMarksTheAdapterUnhealthy) {
   }
 }
 
+// An io_uring submission failing for good in the middle of a store fails that store with an
+// IOError and turns the adapter unhealthy with the reason; the process lives on, and so does
+// the adapter (that thread continues with blocking I/O).
+TEST(FsAdapterEngineTest, IoUringSubmitFailureFailsTheTaskNotTheProcess) {
+  if (!MakeUringFsIoEngine(4).has_value()) GTEST_SKIP() << "io_uring unavailable here";
+  TempDir dir;
+  FsAdapterOptions o;
+  o.base_path = dir.path();
+  o.io_engine = FsIoEngineKind::kIoUring;
+  o.io_threads = 1;
+  std::atomic<int> fail_next{0};
+  o.wrap_engine = [&](std::unique_ptr<FsIoEngine>) {
+    return MakeUringFsIoEngine(8, 1 << 20, [&](unsigned) { return fail_next.exchange(0); }).value();
+  };
+  auto a = FsAdapter::Create(o, "ring");
+  ASSERT_TRUE(a.has_value()) << a.error().ToString();
+  std::vector<ObjectKey> keys = {MakeKey(1), MakeKey(2)};
+  std::vector<uint8_t> p = MakePayload(1, 10000);
+  std::vector<std::span<const uint8_t>> objs = {p, p};
+
+  fail_next = -EFAULT;
+  StoreResult r = StoreSync(a->get(), std::span(keys).first(1), std::span(objs).first(1));
+  ASSERT_FALSE(r.status.ok());
+  EXPECT_EQ(r.status.code(), StatusCode::kIOError) << r.status.ToString();
+  EXPECT_FALSE((*a)->healthy());
+  nlohmann::json j = (*a)->StatusJson();
+  for (const char* field : {"io_engine_error", "last_error"}) {
+    std::string e = j["fs"][field];
+    EXPECT_NE(e.find("io_uring_submit_and_wait failed: Bad address"), std::string::npos)
+        << field << ": " << e;
+  }
+  EXPECT_EQ(fs_testing::CountFiles(dir.path() + "/tmp"), 0u);
+  EXPECT_EQ(LookupSync(a->get(), std::span(keys).first(1)).ToString(), "0");
+
+  // Later tasks work.
+  r = StoreSync(a->get(), std::span(keys).subspan(1), std::span(objs).subspan(1));
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  std::vector<uint8_t> back(p.size());
+  std::span<uint8_t> dst(back);
+  EXPECT_EQ(LoadSync(a->get(), std::span(keys).subspan(1), std::span(&dst, 1)).ToString(), "1");
+  EXPECT_EQ(back, p);
+  (*a)->Close();
+}
+
 TEST(FsAdapterODirectTest, UnalignedObjectsAreBounced) {
   std::string parent = fs_testing::ODirectCapableParent();
   if (parent.empty()) GTEST_SKIP() << "no filesystem supporting O_DIRECT here";

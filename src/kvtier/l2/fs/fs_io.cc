@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <liburing.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include "kvtier/common/check.h"
@@ -76,8 +77,8 @@ class PreadFsIoEngine final : public FsIoEngine {
 
 class UringFsIoEngine final : public FsIoEngine {
  public:
-  UringFsIoEngine(unsigned depth, uint64_t async_threshold)
-      : depth_(depth), async_threshold_(async_threshold) {}
+  UringFsIoEngine(unsigned depth, uint64_t async_threshold, UringSubmitHook submit_hook)
+      : depth_(depth), async_threshold_(async_threshold), submit_hook_(std::move(submit_hook)) {}
   ~UringFsIoEngine() override {
     // Operations point into caller memory: never leave the kernel working on them.
     while (Next() != nullptr) {
@@ -95,18 +96,20 @@ class UringFsIoEngine final : public FsIoEngine {
   }
 
   std::string_view name() const override { return "io_uring"; }
+  Status status() const override { return broken_; }
 
   void Add(FsIoOp* op) override {
     op->done = 0;
     op->result = 0;
     ++outstanding_;
-    if (op->kind == FsIoOpKind::kTruncate) {  // no io_uring opcode in liburing 2.3
+    if (op->kind == FsIoOpKind::kTruncate || !broken_.ok()) {
+      // No io_uring opcode for ftruncate in liburing 2.3; a broken ring runs everything here.
       ExecuteFsIoOpSync(op);
       done_.push_back(op);
       return;
     }
     PrepareRest(op);
-    if (in_ring_ < depth_) {
+    if (in_ring() < depth_) {
       Prep(op);
     } else {
       waiting_.push_back(op);
@@ -115,16 +118,17 @@ class UringFsIoEngine final : public FsIoEngine {
 
   FsIoOp* Next() override {
     while (done_.empty()) {
-      if (in_ring_ == 0) {
+      if (in_ring() == 0) {
         KVT_DCHECK(waiting_.empty());
         return nullptr;
       }
-      int rc = io_uring_submit_and_wait(&ring_, 1);
-      if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
-        KVT_CHECK_MSG(false, "io_uring_submit_and_wait: {}", strerror(-rc));
+      if (broken_.ok()) {
+        int rc = Submit(/*wait_nr=*/1);
+        if (rc < 0 && !Transient(rc)) Break(rc, "io_uring_submit_and_wait");
       }
+      if (!broken_.ok()) WaitForKernel();
       Reap();
-      while (!waiting_.empty() && in_ring_ < depth_) {
+      while (broken_.ok() && !waiting_.empty() && in_ring() < depth_) {
         FsIoOp* op = waiting_.front();
         waiting_.pop_front();
         Prep(op);
@@ -137,23 +141,82 @@ class UringFsIoEngine final : public FsIoEngine {
   }
 
   void Flush() override {
-    int rc = io_uring_submit(&ring_);
-    KVT_CHECK_MSG(rc >= 0 || rc == -EINTR || rc == -EAGAIN || rc == -EBUSY, "io_uring_submit: {}",
-                  strerror(-rc));
+    if (!broken_.ok() || unsubmitted_.empty()) return;
+    int rc = Submit(/*wait_nr=*/0);
+    if (rc < 0 && !Transient(rc)) Break(rc, "io_uring_submit");
   }
 
   size_t outstanding() const override { return outstanding_; }
 
  private:
+  static bool Transient(int rc) { return rc == -EINTR || rc == -EAGAIN || rc == -EBUSY; }
+
+  // Prepared or submitted, no completion seen yet.
+  unsigned in_ring() const { return submitted_ + static_cast<unsigned>(unsubmitted_.size()); }
+
+  // Hands the prepared entries to the kernel (and waits for `wait_nr` completions); returns
+  // what io_uring_submit(_and_wait) returns, after moving the entries it took to submitted_.
+  int Submit(unsigned wait_nr) {
+    int rc = submit_hook_ ? submit_hook_(wait_nr) : 0;
+    if (rc >= 0) {
+      rc = wait_nr == 0 ? io_uring_submit(&ring_) : io_uring_submit_and_wait(&ring_, wait_nr);
+    }
+    // Without SQPOLL the kernel takes entries in order, and only in io_uring_enter.
+    for (int i = 0; i < rc && !unsubmitted_.empty(); ++i) {
+      unsubmitted_.pop_front();
+      ++submitted_;
+    }
+    return rc;
+  }
+
+  // The ring cannot take submissions any more. Entries the kernel has not taken stay in the
+  // submission queue, never submitted (nothing calls io_uring_enter with entries to submit
+  // again): their operations fail with the submission's error, as do those waiting for room.
+  void Break(int rc, std::string_view what) {
+    broken_ = Status::IOError(fmt::format(
+        "{} failed: {}; the io_uring engine runs its operations synchronously from now on", what,
+        strerror(-rc)));
+    for (std::deque<FsIoOp*>* q : {&unsubmitted_, &waiting_}) {
+      for (FsIoOp* op : *q) {
+        op->result = rc;
+        done_.push_back(op);
+      }
+      q->clear();
+    }
+  }
+
+  // Broken: waits for a completion of an operation the kernel took earlier, without submitting.
+  void WaitForKernel() {
+    if (submitted_ == 0) return;
+    io_uring_cqe* cqe = nullptr;
+    int rc = io_uring_wait_cqe(&ring_, &cqe);
+    if (rc == 0 || Transient(rc)) return;
+    // Even waiting through io_uring_enter fails: completions still land in the ring; poll its fd.
+    pollfd p{ring_.ring_fd, POLLIN, 0};
+    while (::poll(&p, 1, -1) < 0 && errno == EINTR) {
+    }
+    // The kernel may be writing into these operations' buffers: giving them back is not an
+    // option, and without the ring's fd nothing tells when it stops.
+    KVT_CHECK_MSG((p.revents & POLLNVAL) == 0,
+                  "io_uring ring fd {} was closed under the engine with {} operations in flight",
+                  ring_.ring_fd, submitted_);
+  }
+
   void Prep(FsIoOp* op) {
     io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
     if (sqe == nullptr) {
       // The submission queue is full of prepared entries: hand them to the kernel.
-      int rc = io_uring_submit(&ring_);
-      KVT_CHECK_MSG(rc >= 0 || rc == -EINTR || rc == -EAGAIN || rc == -EBUSY, "io_uring_submit: {}",
-                    strerror(-rc));
-      sqe = io_uring_get_sqe(&ring_);
-      KVT_CHECK(sqe != nullptr);
+      Flush();
+      sqe = broken_.ok() ? io_uring_get_sqe(&ring_) : nullptr;
+      if (sqe == nullptr) {
+        if (broken_.ok()) {
+          waiting_.push_front(op);  // the kernel took none yet (EAGAIN, EBUSY): later
+        } else {
+          ExecuteFsIoOpSync(op);
+          done_.push_back(op);
+        }
+        return;
+      }
     }
     switch (op->kind) {
       case FsIoOpKind::kOpen:
@@ -186,7 +249,17 @@ class UringFsIoEngine final : public FsIoEngine {
       sqe->flags |= IOSQE_ASYNC;
     }
     io_uring_sqe_set_data(sqe, op);
-    ++in_ring_;
+    unsubmitted_.push_back(op);
+  }
+
+  // Goes on with an operation that needs another round (interrupted, or a short transfer).
+  void Continue(FsIoOp* op) {
+    if (broken_.ok()) {
+      Prep(op);  // the slot just freed
+    } else {
+      ExecuteFsIoOpSync(op);  // from the start: transfers are idempotent at their offsets
+      done_.push_back(op);
+    }
   }
 
   void Reap() {
@@ -195,9 +268,9 @@ class UringFsIoEngine final : public FsIoEngine {
       auto* op = static_cast<FsIoOp*>(io_uring_cqe_get_data(cqe));
       int res = cqe->res;
       io_uring_cqe_seen(&ring_, cqe);
-      --in_ring_;
+      --submitted_;
       if (res == -EINTR || res == -EAGAIN) {
-        Prep(op);  // the slot just freed
+        Continue(op);
         continue;
       }
       if (!IsTransfer(op->kind) || res < 0) {
@@ -211,18 +284,21 @@ class UringFsIoEngine final : public FsIoEngine {
       } else if (AdvanceTransfer(op, static_cast<uint64_t>(res))) {
         done_.push_back(op);
       } else {
-        Prep(op);
+        Continue(op);
       }
     }
   }
 
   const unsigned depth_;
   const uint64_t async_threshold_;
+  const UringSubmitHook submit_hook_;
   io_uring ring_{};
   bool initialized_ = false;
-  unsigned in_ring_ = 0;         // prepared or submitted, no completion seen yet
-  size_t outstanding_ = 0;       // added, not yet returned by Next
-  std::deque<FsIoOp*> waiting_;  // added while the ring was full
+  Status broken_;                    // OK while submissions work
+  unsigned submitted_ = 0;           // taken by the kernel, no completion seen yet
+  std::deque<FsIoOp*> unsubmitted_;  // prepared in the submission queue, not taken yet
+  size_t outstanding_ = 0;           // added, not yet returned by Next
+  std::deque<FsIoOp*> waiting_;      // added while the ring was full
   std::deque<FsIoOp*> done_;
 };
 
@@ -306,9 +382,11 @@ void ExecuteFsIoOpSync(FsIoOp* op) {
 std::unique_ptr<FsIoEngine> MakePreadFsIoEngine() { return std::make_unique<PreadFsIoEngine>(); }
 
 Result<std::unique_ptr<FsIoEngine>> MakeUringFsIoEngine(unsigned queue_depth,
-                                                        uint64_t async_threshold) {
+                                                        uint64_t async_threshold,
+                                                        UringSubmitHook submit_hook) {
   if (queue_depth == 0) return MakeError(Status::InvalidArgument("io_uring queue depth 0"));
-  auto engine = std::make_unique<UringFsIoEngine>(queue_depth, async_threshold);
+  auto engine =
+      std::make_unique<UringFsIoEngine>(queue_depth, async_threshold, std::move(submit_hook));
   KVT_RETURN_IF_ERROR(engine->Init());
   return std::unique_ptr<FsIoEngine>(std::move(engine));
 }

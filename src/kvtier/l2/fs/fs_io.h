@@ -10,6 +10,7 @@
 #include <array>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string_view>
@@ -79,17 +80,32 @@ class FsIoEngine {
   virtual FsIoOp* Next() = 0;
   // Operations added and not yet returned by Next.
   virtual size_t outstanding() const = 0;
+  // OK, or why the engine can no longer do asynchronous I/O (an io_uring submission failed for
+  // good). It then still works: the operations caught in the failure completed with its error,
+  // and later ones run synchronously, as in the pread engine. Wrappers report their inner's.
+  virtual Status status() const { return Status::OK(); }
 };
 
 // Runs each operation in Add with one blocking system call (loops for transfers).
 std::unique_ptr<FsIoEngine> MakePreadFsIoEngine();
 
+// Tests: runs before each io_uring submission (`wait_nr` 0 for a plain submit, 1 when it also
+// waits for a completion). A negative errno it returns is taken as the submission's result and
+// the submission is not made; 0 lets it go ahead.
+using UringSubmitHook = std::function<int(unsigned wait_nr)>;
+
 // io_uring with `queue_depth` submission entries (at most that many operations in flight).
 // Transfers of at least `async_threshold` bytes are forced onto the kernel's async workers
 // (IOSQE_ASYNC), so the calling thread can checksum one object while others are being copied.
 // Fails when the kernel refuses io_uring (old kernel, seccomp, io_uring_disabled).
+//
+// A submission that fails with anything but EINTR, EAGAIN or EBUSY (which are retried) breaks the
+// engine for good (status()): the operations the kernel had not taken complete with that error;
+// those it had taken are waited for as usual (their buffers are the kernel's until then); every
+// later operation runs synchronously.
 Result<std::unique_ptr<FsIoEngine>> MakeUringFsIoEngine(unsigned queue_depth,
-                                                        uint64_t async_threshold = 1 << 20);
+                                                        uint64_t async_threshold = 1 << 20,
+                                                        UringSubmitHook submit_hook = nullptr);
 
 // Runs every op of `ops` to completion on `engine` (a convenience for batches with no
 // dependencies between them).

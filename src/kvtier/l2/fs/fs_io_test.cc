@@ -1,6 +1,7 @@
 #include "kvtier/l2/fs/fs_io.h"
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <fcntl.h>
@@ -159,6 +160,117 @@ TEST_P(FsIoEngineTest, ODirectReadStopsAtAnUnalignedEnd) {
   EXPECT_EQ(op.result, static_cast<int64_t>(data.size()));
   EXPECT_TRUE(std::equal(data.begin(), data.end(), buf.data()));
   ::close(fd);
+}
+
+// io_uring submissions that fail with an unexpected error (not EINTR, EAGAIN or EBUSY; injected
+// here) must not abort the process: the operations caught in the failed submission fail with its
+// error, those the kernel took before complete as usual, and the engine goes on synchronously.
+class UringSubmitFailureTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!MakeUringFsIoEngine(4).has_value()) GTEST_SKIP() << "io_uring unavailable here";
+    dir_fd_ = ::open(dir_.path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    ASSERT_GE(dir_fd_, 0);
+    auto engine = MakeUringFsIoEngine(8, 1 << 20, [this](unsigned wait_nr) {
+      ++submissions_[wait_nr == 0 ? 0 : 1];
+      return std::exchange(fail_next_, 0);
+    });
+    ASSERT_TRUE(engine.has_value()) << engine.error().ToString();
+    engine_ = std::move(*engine);
+  }
+  void TearDown() override {
+    engine_.reset();
+    if (dir_fd_ >= 0) ::close(dir_fd_);
+  }
+  FsIoOp Create(const char* name) {
+    return FsIoOp{.kind = FsIoOpKind::kOpen,
+                  .dir_fd = dir_fd_,
+                  .path = name,
+                  .flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+                  .mode = 0644};
+  }
+  bool Exists(const char* name) { return ::faccessat(dir_fd_, name, F_OK, 0) == 0; }
+  // Every operation still outstanding, in completion order.
+  std::vector<FsIoOp*> Drain() {
+    std::vector<FsIoOp*> out;
+    while (FsIoOp* op = engine_->Next()) out.push_back(op);
+    return out;
+  }
+
+  TempDir dir_;
+  int dir_fd_ = -1;
+  int fail_next_ = 0;  // the next submission's injected result (the engine's thread is ours)
+  int submissions_[2] = {0, 0};
+  std::unique_ptr<FsIoEngine> engine_;
+};
+
+TEST_F(UringSubmitFailureTest, FailedSubmitAndWaitFailsOnlyWhatItCaught) {
+  FsIoOp taken = Create("taken");
+  engine_->Add(&taken);
+  engine_->Flush();  // the kernel takes it
+  ASSERT_EQ(submissions_[0], 1);
+  FsIoOp caught = Create("caught");
+  engine_->Add(&caught);
+  fail_next_ = -EFAULT;
+  std::vector<FsIoOp*> done = Drain();
+  ASSERT_EQ(done.size(), 2u);
+  EXPECT_GE(taken.result, 0) << strerror(static_cast<int>(-taken.result));
+  EXPECT_TRUE(Exists("taken"));
+  EXPECT_EQ(caught.result, -EFAULT);
+  EXPECT_FALSE(Exists("caught"));  // never submitted
+  Status status = engine_->status();
+  EXPECT_EQ(status.code(), StatusCode::kIOError);
+  EXPECT_NE(status.message().find("io_uring_submit_and_wait failed: Bad address"),
+            std::string_view::npos)
+      << status.ToString();
+  ::close(static_cast<int>(taken.result));
+
+  // It still works, synchronously: a create, a write, a close.
+  const int submissions = submissions_[0] + submissions_[1];
+  FsIoOp later = Create("later");
+  engine_->Add(&later);
+  ASSERT_EQ(Drain(), std::vector<FsIoOp*>{&later});
+  ASSERT_GE(later.result, 0);
+  std::vector<uint8_t> bytes = MakePayload(1, 3000);
+  FsIoOp write{.kind = FsIoOpKind::kWritev, .fd = static_cast<int>(later.result), .iov_count = 1};
+  write.iov[0] = {bytes.data(), bytes.size()};
+  FsIoOp close{.kind = FsIoOpKind::kClose, .fd = static_cast<int>(later.result)};
+  engine_->Add(&write);
+  engine_->Add(&close);
+  engine_->Flush();
+  EXPECT_EQ(Drain(), (std::vector<FsIoOp*>{&write, &close}));
+  EXPECT_EQ(write.result, 3000);
+  EXPECT_EQ(close.result, 0);
+  EXPECT_EQ(submissions_[0] + submissions_[1], submissions);  // no more io_uring submissions
+  EXPECT_EQ(engine_->outstanding(), 0u);
+}
+
+TEST_F(UringSubmitFailureTest, FailedFlushFailsWhatItCaught) {
+  FsIoOp a = Create("a"), b = Create("b");
+  engine_->Add(&a);
+  engine_->Add(&b);
+  fail_next_ = -ENXIO;
+  engine_->Flush();
+  EXPECT_FALSE(engine_->status().ok());
+  std::vector<FsIoOp*> done = Drain();
+  EXPECT_EQ(done.size(), 2u);
+  EXPECT_EQ(a.result, -ENXIO);
+  EXPECT_EQ(b.result, -ENXIO);
+  EXPECT_FALSE(Exists("a"));
+  EXPECT_FALSE(Exists("b"));
+  EXPECT_NE(engine_->status().message().find("io_uring_submit failed"), std::string_view::npos);
+}
+
+TEST_F(UringSubmitFailureTest, TransientErrorsAreRetried) {
+  FsIoOp a = Create("a");
+  engine_->Add(&a);
+  fail_next_ = -EAGAIN;
+  engine_->Flush();
+  std::vector<FsIoOp*> done = Drain();
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_GE(a.result, 0);
+  EXPECT_TRUE(engine_->status().ok());
+  ::close(static_cast<int>(a.result));
 }
 
 std::string EngineName(const ::testing::TestParamInfo<Engine>& p) {

@@ -204,6 +204,7 @@ class HookEngine final : public FsIoEngine {
     return inner_->Next();
   }
   size_t outstanding() const override { return inner_->outstanding() + faked_.size(); }
+  Status status() const override { return inner_->status(); }
 
  private:
   std::unique_ptr<FsIoEngine> inner_;
