@@ -1,5 +1,7 @@
 #include "kvtier/storage/l2_eviction_controller.h"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
@@ -156,7 +158,7 @@ uint64_t L2EvictionController::EvictLocked() {
   while (used > goal && !stop_.load(std::memory_order_acquire)) {
     victims.clear();
     policy_->SelectVictims(
-        options_.victims_per_round, [](const ObjectKey&) { return true; }, &victims);
+        VictimsFor(used - goal, used), [](const ObjectKey&) { return true; }, &victims);
     if (victims.empty()) break;
     Result<keys::Bitmap> gone = adapter_->Delete(victims, /*force=*/false);
     if (!gone) {
@@ -182,6 +184,16 @@ uint64_t L2EvictionController::EvictLocked() {
     if (removed.empty()) break;  // everything left is locked: try again later
   }
   return evicted;
+}
+
+size_t L2EvictionController::VictimsFor(uint64_t excess, uint64_t used) const {
+  // Sizes are not tracked per key: estimate with the mean object size. The loop re-checks usage
+  // after every round, so an estimate too low only costs another round.
+  const size_t tracked = policy_->size();
+  if (tracked == 0) return 1;
+  const uint64_t mean = std::max<uint64_t>(1, used / tracked);
+  const uint64_t want = (excess + mean - 1) / mean;
+  return static_cast<size_t>(std::clamp<uint64_t>(want, 1, options_.victims_per_round));
 }
 
 L2EvictionStats L2EvictionController::stats() const {

@@ -30,7 +30,7 @@ struct L2EvictionOptions {
   double trigger_watermark = 0.8;
   double target_watermark = 0.7;
   Duration check_interval = std::chrono::seconds(1);
-  size_t victims_per_round = 256;
+  size_t victims_per_round = 256;  // at most; a round asks for what the excess needs
 };
 
 // Reads an adapter's "eviction" block:
@@ -83,6 +83,9 @@ class L2EvictionController final : public l2::L2Listener {
   void Enqueue(Kind kind, std::span<const keys::ObjectKey> keys);
   void ApplyEvents() KVT_REQUIRES(policy_mu_);
   uint64_t EvictLocked() KVT_REQUIRES(policy_mu_);
+  // Victims to ask for when `excess` of the `used` bytes must go: enough at the mean object size,
+  // at most victims_per_round (a round never deletes far more than needed).
+  size_t VictimsFor(uint64_t excess, uint64_t used) const KVT_REQUIRES(policy_mu_);
   void Loop();
 
   l2::L2Adapter* const adapter_;

@@ -64,5 +64,22 @@ TEST(L2EvictionControllerTest, ARecentlyLoadedKeySurvivesWhileOlderUnreadKeysGo)
   adapter->Close();
 }
 
+// A round deletes what the excess over the target needs, not victims_per_round keys: with the
+// default 256 a small L2 (or one of large objects) would be emptied far below its target.
+TEST(L2EvictionControllerTest, EvictsDownToTheTargetNotFarBelow) {
+  auto adapter = MakeMock(/*objects=*/100);
+  L2EvictionOptions options;  // victims_per_round: the default, 256
+  options.trigger_watermark = 0.8;
+  options.target_watermark = 0.5;
+  auto controller = L2EvictionController::Create(adapter.get(), options).value();
+  auto keys = MakeKeys(90);
+  PutL2(adapter.get(), keys);
+  EXPECT_EQ(controller->RunOnce(), 40u);
+  EXPECT_EQ(adapter->Usage().used_bytes, 50 * kObj);
+  EXPECT_EQ(static_cast<l2::MockAdapter*>(adapter.get())->debug_stored_count(), 50u);
+  EXPECT_EQ(controller->stats().tracked_keys, 50u);
+  adapter->Close();
+}
+
 }  // namespace
 }  // namespace kvtier::storage
