@@ -3,6 +3,7 @@
 #include <fstream>
 #include <sstream>
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <yaml-cpp/yaml.h>
 
@@ -13,6 +14,7 @@ namespace {
 
 using namespace std::chrono_literals;
 using nlohmann::json;
+using ::testing::HasSubstr;
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path);
@@ -416,7 +418,11 @@ TEST(ServerConfigTest, BadEndpoints) {
 TEST(ServerConfigTest, YamlStructureErrors) {
   EXPECT_EQ(ParseError("transport:\n  endpoints: [tcp://a:1\n").substr(0, 26),
             "test.yaml:3:1: invalid YAM");
-  EXPECT_EQ(ParseError("a: 1\n---\nb: 2\n"), "test.yaml:3:1: expected one YAML document, found 2");
+  EXPECT_EQ(ParseError("a: 1\n---\nb: 2\n"),
+            "test.yaml:2:1: expected one YAML document, found more");
+  // yaml-cpp 0.7 reports empty documents forever after this input (YAML::LoadAll never ends):
+  // the parser asks for two documents at most, so it ends with an error.
+  EXPECT_THAT(ParseError(",1:\n  capacity7  [1, 2, *a]\n"), HasSubstr("test.yaml:"));
   EXPECT_EQ(ParseError("l1:\n  capacity: 1GiB\n  capacity: 2GiB\n"),
             "test.yaml:3:3: duplicate key 'l1.capacity'");
   EXPECT_EQ(ParseError("just a string\n"), "test.yaml:1:1: expected a mapping, got a scalar");
