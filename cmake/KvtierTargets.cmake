@@ -2,6 +2,9 @@
 #
 #   kvt_library(NAME <m> SRCS ... [DEPS ...])     -> kvtier_<m>, alias kvtier::<m>
 #   kvt_test(NAME <t> SRCS ... [DEPS ...] [LABELS ...] [TIMEOUT s])
+#                                                  tests labelled stress or concurrency are
+#                                                  also built by `concurrency_tests` (what CI
+#                                                  runs under TSan), gpu by `gpu_tests`
 #   kvt_bench(NAME <b> SRCS ... [DEPS ...])        Google Benchmark micro-benchmark
 #   kvt_fuzzer(NAME <f> SRCS ... [DEPS ...] [CORPUS dir] [RUNS n])
 #                                                  libFuzzer target (KVT_BUILD_FUZZERS), also
@@ -35,10 +38,6 @@ endif()
 if(KVT_WITH_CUDA)
   target_compile_definitions(kvtier_build_flags INTERFACE KVT_WITH_CUDA=1)
 endif()
-if(KVT_BUILD_FUZZERS)
-  # Coverage instrumentation everywhere, so a fuzzer linking a kvtier library sees inside it.
-  target_compile_options(kvtier_build_flags INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-fsanitize=fuzzer-no-link>)
-endif()
 
 function(kvt_library)
   cmake_parse_arguments(A "" "NAME" "SRCS;DEPS" ${ARGN})
@@ -48,6 +47,11 @@ function(kvt_library)
   target_include_directories(${target} PUBLIC ${PROJECT_SOURCE_DIR}/src ${PROJECT_SOURCE_DIR}/include)
   target_link_libraries(${target} PUBLIC ${A_DEPS} PRIVATE kvtier::build_flags)
   set_target_properties(${target} PROPERTIES POSITION_INDEPENDENT_CODE ON)
+  if(KVT_BUILD_FUZZERS)
+    # Coverage instrumentation in every library, so a fuzzer linking one sees inside it. Tests
+    # do not need it, and it costs compile time, so it stays off their own sources.
+    target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-fsanitize=fuzzer-no-link>)
+  endif()
 endfunction()
 
 function(kvt_test)
@@ -66,6 +70,28 @@ function(kvt_test)
   gtest_discover_tests(${A_NAME}
     DISCOVERY_MODE PRE_TEST
     PROPERTIES LABELS "${A_LABELS}" TIMEOUT ${A_TIMEOUT})
+  if("stress" IN_LIST A_LABELS OR "concurrency" IN_LIST A_LABELS)
+    set_property(GLOBAL APPEND PROPERTY KVT_CONCURRENCY_TESTS ${A_NAME})
+  endif()
+  if("gpu" IN_LIST A_LABELS)
+    set_property(GLOBAL APPEND PROPERTY KVT_GPU_TESTS ${A_NAME})
+  endif()
+endfunction()
+
+# Targets that build a subset of the tests, for CI stages that run only those labels:
+#   concurrency_tests  every test executable labelled stress or concurrency (TSan stage)
+#   gpu_tests          every test executable labelled gpu
+# Call once, after every kvt_test.
+function(kvt_add_label_targets)
+  foreach(pair "concurrency_tests;KVT_CONCURRENCY_TESTS" "gpu_tests;KVT_GPU_TESTS")
+    list(GET pair 0 target)
+    list(GET pair 1 property)
+    get_property(tests GLOBAL PROPERTY ${property})
+    add_custom_target(${target})
+    if(tests)
+      add_dependencies(${target} ${tests})
+    endif()
+  endforeach()
 endfunction()
 
 function(kvt_bench)
@@ -97,7 +123,11 @@ function(kvt_fuzzer)
     if(A_CORPUS)
       set(seeds ${CMAKE_CURRENT_SOURCE_DIR}/${A_CORPUS})
     endif()
-    add_test(NAME ${A_NAME} COMMAND ${A_NAME} -runs=${A_RUNS} -seed=1 -max_len=4096 ${work} ${seeds})
+    # -timeout/-rss_limit_mb: a slow or memory-hungry input fails the test at once, saved as an
+    # artifact in the build directory, instead of running into the ctest timeout.
+    add_test(NAME ${A_NAME}
+             COMMAND ${A_NAME} -runs=${A_RUNS} -seed=1 -max_len=4096 -timeout=20 -rss_limit_mb=1024
+                     -artifact_prefix=${CMAKE_CURRENT_BINARY_DIR}/${A_NAME}- ${work} ${seeds})
     set_tests_properties(${A_NAME} PROPERTIES LABELS fuzz TIMEOUT 300)
   endif()
 endfunction()

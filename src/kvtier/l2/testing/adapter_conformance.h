@@ -3,11 +3,11 @@
 //
 // Using it from an adapter's test binary (fs shown; redis alike):
 //
-//   # CMakeLists.txt: compile the suite INTO the binary (a static library would let the linker
-//   # drop its test registrations).
+//   # CMakeLists.txt: kvtier::l2_conformance is an OBJECT library, so the suite's objects go
+//   # into the binary whole (a static library would let the linker drop its registrations).
 //   kvt_test(NAME l2_fs_test
-//     SRCS fs_adapter_test.cc ${PROJECT_SOURCE_DIR}/src/kvtier/l2/testing/adapter_conformance.cc
-//     DEPS kvtier::l2_fs)
+//     SRCS fs_adapter_test.cc
+//     DEPS kvtier::l2_fs kvtier::l2_conformance)
 //
 //   // fs_adapter_test.cc
 //   #include "kvtier/l2/testing/adapter_conformance.h"
