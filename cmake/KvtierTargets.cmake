@@ -67,6 +67,11 @@ function(kvt_test)
   endif()
   add_executable(${A_NAME} ${A_SRCS})
   target_link_libraries(${A_NAME} PRIVATE ${A_DEPS} kvtier_test_main kvtier::build_flags)
+  # One label per test: gtest_discover_tests's PROPERTIES cannot carry a list as one value.
+  list(LENGTH A_LABELS n_labels)
+  if(NOT n_labels EQUAL 1)
+    message(FATAL_ERROR "kvt_test(${A_NAME}): give exactly one label (got '${A_LABELS}')")
+  endif()
   gtest_discover_tests(${A_NAME}
     DISCOVERY_MODE PRE_TEST
     PROPERTIES LABELS "${A_LABELS}" TIMEOUT ${A_TIMEOUT})
