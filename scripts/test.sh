@@ -25,20 +25,15 @@ run_preset() {
   local preset="$1" targets="$2" labels="$3"
   local t0
   t0=$(date +%s)
+  if [ "$full" = 1 ]; then
+    targets="" labels=""
+  fi
   echo "=== ${preset}: configure and build ${targets:-everything}"
   cmake --preset "$preset" >/dev/null
-  if [ "$full" = 1 ] || [ -z "$targets" ]; then
-    cmake --build --preset "$preset" -j "$jobs"
-  else
-    # shellcheck disable=SC2086  # a list of targets
-    cmake --build --preset "$preset" -j "$jobs" --target $targets
-  fi
+  # shellcheck disable=SC2086  # a list of targets, or none (= all)
+  cmake --build --preset "$preset" -j "$jobs" ${targets:+--target $targets}
   echo "=== ${preset}: test ${labels:-everything}"
-  if [ "$full" = 1 ] || [ -z "$labels" ]; then
-    ctest --preset "$preset" -j "$jobs"
-  else
-    ctest --preset "$preset" -j "$jobs" -L "$labels"
-  fi
+  ctest --preset "$preset" -j "$jobs" ${labels:+-L "$labels"}
   echo "=== ${preset}: done in $(( $(date +%s) - t0 )) s"
 }
 

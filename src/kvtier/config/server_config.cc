@@ -6,7 +6,6 @@
 #include <fstream>
 #include <limits>
 #include <map>
-#include <optional>
 #include <set>
 #include <sstream>
 
@@ -14,7 +13,6 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <netinet/in.h>
-#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include "kvtier/common/units.h"
@@ -775,58 +773,11 @@ storage::StorageOptions DefaultStorageOptions() {
   return options;
 }
 
-namespace {
-
-// Ignores every parser event but document starts, and remembers where a second one begins.
-class DocumentStarts final : public YAML::EventHandler {
- public:
-  void OnDocumentStart(const YAML::Mark& mark) override {
-    if (count_++ == 1) second_ = mark;
-  }
-  void OnDocumentEnd() override {}
-  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
-  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
-  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
-                const std::string&) override {}
-  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
-                       YAML::EmitterStyle::value) override {}
-  void OnSequenceEnd() override {}
-  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
-                  YAML::EmitterStyle::value) override {}
-  void OnMapEnd() override {}
-
-  const YAML::Mark& second() const { return second_; }
-
- private:
-  int count_ = 0;
-  YAML::Mark second_ = YAML::Mark::null_mark();
-};
-
-// Whether the text holds a second YAML document, and where it starts. YAML::LoadAll is not
-// used: on some malformed inputs yaml-cpp 0.7's parser reports a new, empty document forever
-// without consuming input, and LoadAll then grows its vector until memory runs out (found by
-// config_fuzzer). Asking for at most two documents is bounded whatever the parser does.
-std::optional<YAML::Mark> SecondDocument(const std::string& text) {
-  std::istringstream in(text);
-  YAML::Parser parser(in);
-  DocumentStarts starts;
-  if (!parser.HandleNextDocument(starts) || !parser.HandleNextDocument(starts)) {
-    return std::nullopt;
-  }
-  return starts.second();
-}
-
-}  // namespace
-
 Result<ServerConfig> ParseServerConfigYaml(std::string_view yaml_text,
                                            std::string_view source_name) {
   const YamlSource source{std::string(source_name)};
   try {
-    const std::string text(yaml_text);
-    if (std::optional<YAML::Mark> second = SecondDocument(text)) {
-      return MakeError(source.Error(*second, "", "expected one YAML document, found more"));
-    }
-    YAML::Node root = YAML::Load(text);
+    KVT_ASSIGN_OR_RETURN(YAML::Node root, LoadOneDocument(source, yaml_text));
     ServerConfig config;
     Reader reader(&source);
     KVT_RETURN_IF_ERROR(reader.Run(root, &config));

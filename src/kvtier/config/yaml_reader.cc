@@ -5,8 +5,11 @@
 #include <charconv>
 #include <cmath>
 #include <limits>
+#include <optional>
+#include <sstream>
 
 #include <fmt/format.h>
+#include <yaml-cpp/eventhandler.h>
 
 #include "kvtier/common/units.h"
 
@@ -540,6 +543,59 @@ Status MapReader::Finish() const {
                     path_.empty() ? "at the top level" : fmt::format("in '{}'", path_), valid));
   }
   return Status::OK();
+}
+
+namespace {
+
+// Ignores every parser event but document starts, and remembers where a second one begins.
+class DocumentStarts final : public YAML::EventHandler {
+ public:
+  void OnDocumentStart(const YAML::Mark& mark) override {
+    if (count_++ == 1) second_ = mark;
+  }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+
+  const YAML::Mark& second() const { return second_; }
+
+ private:
+  int count_ = 0;
+  YAML::Mark second_ = YAML::Mark::null_mark();
+};
+
+// Whether the text holds a second YAML document, and where it starts. YAML::LoadAll is not
+// used: on some malformed inputs yaml-cpp 0.7's parser reports a new, empty document forever
+// without consuming input, and LoadAll then grows its vector until memory runs out (found by
+// config_fuzzer). Asking for at most two documents is bounded whatever the parser does.
+std::optional<YAML::Mark> SecondDocument(const std::string& text) {
+  std::istringstream in(text);
+  YAML::Parser parser(in);
+  DocumentStarts starts;
+  if (!parser.HandleNextDocument(starts) || !parser.HandleNextDocument(starts)) {
+    return std::nullopt;
+  }
+  return starts.second();
+}
+
+}  // namespace
+
+Result<YAML::Node> LoadOneDocument(const YamlSource& source, std::string_view yaml_text) {
+  const std::string text(yaml_text);
+  if (std::optional<YAML::Mark> second = SecondDocument(text)) {
+    return MakeError(source.Error(*second, "", "expected one YAML document, found more"));
+  }
+  // A second parse: yaml-cpp builds nodes only through YAML::Load (its NodeBuilder is not
+  // public). Config files are small and read once, at start-up.
+  return YAML::Load(text);
 }
 
 }  // namespace kvtier::config::internal

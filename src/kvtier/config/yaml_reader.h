@@ -42,6 +42,10 @@ class YamlSource {
   std::string name_;
 };
 
+// The one YAML document of `yaml_text` (a null node when empty). A second document is an
+// error pointing at its start. Throws what yaml-cpp throws on malformed YAML.
+Result<YAML::Node> LoadOneDocument(const YamlSource& source, std::string_view yaml_text);
+
 // "a.b" + "c" -> "a.b.c"; "" + "c" -> "c".
 std::string JoinPath(std::string_view parent, std::string_view key);
 
