@@ -182,9 +182,9 @@ TEST(ClientTest, TypedMethodsSendTheirRequestAndReturnTheirReply) {
       case Opcode::kQueryPrefetchLookupHits:
         return protocol::LookupHitsReply{true, 5};
       case Opcode::kStore:
-        return protocol::StoreReply{3, 2, 1};
+        return protocol::StoreReply{3, 2, 1, std::nullopt};
       case Opcode::kRetrieve:
-        return protocol::RetrieveReply{4};
+        return protocol::RetrieveReply{4, std::nullopt};
       case Opcode::kFreeLookupLocks:
         return protocol::FreeLookupLocksReply{6};
       case Opcode::kEndSession:
@@ -229,8 +229,8 @@ TEST(ClientTest, TypedMethodsSendTheirRequestAndReturnTheirReply) {
   EXPECT_EQ(Must(client->WaitPrefetchStatus("r1", milliseconds(250))),
             (protocol::PrefetchStatusReply{false, 0}));
   EXPECT_EQ(Must(client->QueryPrefetchLookupHits("r1")), (protocol::LookupHitsReply{true, 5}));
-  EXPECT_EQ(Must(client->Store(store)), (protocol::StoreReply{3, 2, 1}));
-  EXPECT_EQ(Must(client->Retrieve(retrieve)), protocol::RetrieveReply{4});
+  EXPECT_EQ(Must(client->Store(store)), (protocol::StoreReply{3, 2, 1, std::nullopt}));
+  EXPECT_EQ(Must(client->Retrieve(retrieve)), protocol::RetrieveReply{4, std::nullopt});
   EXPECT_EQ(Must(client->FreeLookupLocks(free_key)), protocol::FreeLookupLocksReply{6});
   EXPECT_EQ(Must(client->EndSession("r1")), protocol::EndSessionReply{9});
   EXPECT_EQ(Must(client->Ping("worker-0")), protocol::PingReply{true});

@@ -74,6 +74,7 @@ class Writer {
     }
   }
   void Nil() { packer_.pack_nil(); }
+  void Array(uint32_t elements) { packer_.pack_array(elements); }
   void Tokens(const std::vector<uint32_t>& tokens) {
     const size_t bytes = tokens.size() * sizeof(uint32_t);
     KVT_DCHECK(bytes <= kU32Max);
@@ -86,6 +87,16 @@ class Writer {
       for (size_t i = 0; i < tokens.size(); ++i) le[i] = __builtin_bswap32(tokens[i]);
       packer_.pack_bin_body(reinterpret_cast<const char*>(le.data()), static_cast<uint32_t>(bytes));
     }
+  }
+  template <size_t N>
+  void Bin(const std::array<uint8_t, N>& bytes) {
+    packer_.pack_bin(static_cast<uint32_t>(N));
+    packer_.pack_bin_body(reinterpret_cast<const char*>(bytes.data()), static_cast<uint32_t>(N));
+  }
+  template <size_t N>
+  void Field(std::string_view key, const std::array<uint8_t, N>& bytes) {
+    Str(key);
+    Bin(bytes);
   }
   template <typename T>
   void UintArray(const std::vector<T>& values) {
@@ -158,7 +169,8 @@ void Encode(Writer& w, const HelloRequest& r) {
   w.Field("client", r.client);
 }
 void Encode(Writer& w, const RegisterKvCacheRequest& r) {
-  w.Map(8);
+  const bool cuda = r.backend == "cuda";
+  w.Map(cuda ? 10 : 8);
   w.Field("instance_id", r.instance_id);
   w.Field("model", r.model);
   w.Field("world_size", r.world_size);
@@ -168,6 +180,12 @@ void Encode(Writer& w, const RegisterKvCacheRequest& r) {
   Encode(w, r.layout);
   w.Field("shm_name", r.shm_name);
   w.Field("shm_size", r.shm_size);
+  if (cuda) {
+    w.Field("device_uuid", r.device_uuid);
+    w.Str("cuda_ipc_handles");
+    w.Array(static_cast<uint32_t>(r.cuda_ipc_handles.size()));
+    for (const CudaIpcHandle& h : r.cuda_ipc_handles) w.Bin(h);
+  }
 }
 void Encode(Writer& w, const UnregisterKvCacheRequest& r) {
   w.Map(1);
@@ -195,21 +213,23 @@ void Encode(Writer& w, const QueryPrefetchLookupHitsRequest& r) {
   w.Field("request_id", r.request_id);
 }
 void Encode(Writer& w, const StoreRequest& r) {
-  w.Map(3);
+  w.Map(r.event_ipc_handle ? 4 : 3);
   w.Field("instance_id", r.instance_id);
   w.Str("key");
   Encode(w, r.key);
   w.Str("block_ids");
   w.UintArray(r.block_ids);
+  if (r.event_ipc_handle) w.Field("event_ipc_handle", *r.event_ipc_handle);
 }
 void Encode(Writer& w, const RetrieveRequest& r) {
-  w.Map(4);
+  w.Map(r.event_ipc_handle ? 5 : 4);
   w.Field("instance_id", r.instance_id);
   w.Str("key");
   Encode(w, r.key);
   w.Str("block_ids");
   w.UintArray(r.block_ids);
   w.Field("skip_first_n_tokens", r.skip_first_n_tokens);
+  if (r.event_ipc_handle) w.Field("event_ipc_handle", *r.event_ipc_handle);
 }
 void Encode(Writer& w, const FreeLookupLocksRequest& r) {
   w.Map(1);
@@ -264,14 +284,16 @@ void Encode(Writer& w, const LookupHitsReply& r) {
   w.Field("hit_chunks", r.hit_chunks);
 }
 void Encode(Writer& w, const StoreReply& r) {
-  w.Map(3);
+  w.Map(r.event_ipc_handle ? 4 : 3);
   w.Field("stored_chunks", r.stored_chunks);
   w.Field("present_chunks", r.present_chunks);
   w.Field("failed_chunks", r.failed_chunks);
+  if (r.event_ipc_handle) w.Field("event_ipc_handle", *r.event_ipc_handle);
 }
 void Encode(Writer& w, const RetrieveReply& r) {
-  w.Map(1);
+  w.Map(r.event_ipc_handle ? 2 : 1);
   w.Field("retrieved_chunks", r.retrieved_chunks);
+  if (r.event_ipc_handle) w.Field("event_ipc_handle", *r.event_ipc_handle);
 }
 void Encode(Writer& w, const FreeLookupLocksReply& r) {
   w.Map(1);
@@ -312,7 +334,8 @@ size_t SizeHint(const FreeLookupLocksRequest& r) { return 32 + SizeHint(r.key); 
 size_t SizeHint(const StoreRequest& r) { return 64 + SizeHint(r.key) + 5 * r.block_ids.size(); }
 size_t SizeHint(const RetrieveRequest& r) { return 96 + SizeHint(r.key) + 5 * r.block_ids.size(); }
 size_t SizeHint(const RegisterKvCacheRequest& r) {
-  return 256 + r.shm_name.size() + 9 * r.layout.layer_offsets.size();
+  return 256 + r.shm_name.size() + 9 * r.layout.layer_offsets.size() +
+         (kCudaIpcHandleBytes + 2) * r.cuda_ipc_handles.size();
 }
 
 std::vector<uint8_t> EncodePayload(const auto& message) {
@@ -608,6 +631,45 @@ class MapReader {
     return Status::OK();
   }
 
+  // A bin of exactly N bytes.
+  template <size_t N>
+  Status FixedBin(std::string_view name, Need need, std::array<uint8_t, N>* out) const {
+    KVT_ASSIGN_OR_RETURN(const msgpack::object* o, Get(name, need));
+    if (o == nullptr) return Status::OK();
+    return ToFixedBin(name, *o, out);
+  }
+  // A bin of exactly N bytes, or nil; absent is nil.
+  template <size_t N>
+  Status OptionalFixedBin(std::string_view name, std::optional<std::array<uint8_t, N>>* out) const {
+    KVT_ASSIGN_OR_RETURN(const msgpack::object* o, Find(name));
+    if (o == nullptr || o->type == msgpack::type::NIL) {
+      out->reset();
+      return Status::OK();
+    }
+    std::array<uint8_t, N> value;
+    KVT_RETURN_IF_ERROR(ToFixedBin(name, *o, &value));
+    *out = value;
+    return Status::OK();
+  }
+  // An array of at most `max_size` bins of exactly N bytes each.
+  template <size_t N>
+  Status FixedBinArray(std::string_view name, size_t max_size,
+                       std::vector<std::array<uint8_t, N>>* out) const {
+    KVT_ASSIGN_OR_RETURN(const msgpack::object* o, Required(name));
+    if (o->type != msgpack::type::ARRAY) {
+      return Error(name, fmt::format("must be an array of {}-byte bins, got {}", N, TypeName(*o)));
+    }
+    const msgpack::object_array& array = o->via.array;
+    if (array.size > max_size) {
+      return Error(name, fmt::format("has {} elements, the limit is {}", array.size, max_size));
+    }
+    out->assign(array.size, {});
+    for (uint32_t i = 0; i < array.size; ++i) {
+      KVT_RETURN_IF_ERROR(ToFixedBin(fmt::format("{}[{}]", name, i), array.ptr[i], &(*out)[i]));
+    }
+    return Status::OK();
+  }
+
   // An array of at most `max_size` unsigned integers, each at most `hi`.
   template <typename T>
   Status UintArray(std::string_view name, size_t max_size, std::vector<T>* out,
@@ -659,6 +721,19 @@ class MapReader {
       return MakeError(Error(name, fmt::format("must be in [{}, {}], got {}", lo, hi, IntText(o))));
     }
     return MakeError(Error(name, fmt::format("must be an unsigned integer, got {}", TypeName(o))));
+  }
+
+  template <size_t N>
+  Status ToFixedBin(std::string_view name, const msgpack::object& o,
+                    std::array<uint8_t, N>* out) const {
+    if (o.type != msgpack::type::BIN) {
+      return Error(name, fmt::format("must be bin ({} bytes), got {}", N, TypeName(o)));
+    }
+    if (o.via.bin.size != N) {
+      return Error(name, fmt::format("is {} bytes, must be exactly {}", o.via.bin.size, N));
+    }
+    std::memcpy(out->data(), o.via.bin.ptr, N);
+    return Status::OK();
   }
 
   Status ToString(std::string_view name, const msgpack::object& o, std::string* out, bool non_empty,
@@ -799,6 +874,15 @@ Status DecodeFields(const MapReader& m, RegisterKvCacheRequest* r) {
   KVT_RETURN_IF_ERROR(DecodeLayout(m, &r->layout));
   KVT_RETURN_IF_ERROR(m.String("shm_name", Need::kRequired, &r->shm_name, /*non_empty=*/host));
   KVT_RETURN_IF_ERROR(m.Uint("shm_size", Need::kRequired, &r->shm_size));
+  if (!host) {
+    KVT_RETURN_IF_ERROR(m.FixedBin("device_uuid", Need::kRequired, &r->device_uuid));
+    KVT_RETURN_IF_ERROR(m.FixedBinArray("cuda_ipc_handles", kMaxLayers, &r->cuda_ipc_handles));
+    if (r->cuda_ipc_handles.size() != r->layout.num_layers) {
+      return m.Error("cuda_ipc_handles", fmt::format("has {} entries, num_layers is {}",
+                                                     r->cuda_ipc_handles.size(),
+                                                     r->layout.num_layers));
+    }
+  }
   if (host) {
     // Every layer's tensor must lie inside the shared-memory segment.
     std::optional<uint64_t> layer_bytes = LayerBytes(r->layout);
@@ -843,7 +927,8 @@ Status DecodeFields(const MapReader& m, QueryPrefetchLookupHitsRequest* r) {
 Status DecodeFields(const MapReader& m, StoreRequest* r) {
   KVT_RETURN_IF_ERROR(m.String("instance_id", Need::kRequired, &r->instance_id, true));
   KVT_RETURN_IF_ERROR(DecodeKey(m, RankUse::kRequired, &r->key));
-  return m.UintArray("block_ids", kMaxBlockIds, &r->block_ids);
+  KVT_RETURN_IF_ERROR(m.UintArray("block_ids", kMaxBlockIds, &r->block_ids));
+  return m.OptionalFixedBin("event_ipc_handle", &r->event_ipc_handle);
 }
 
 Status DecodeFields(const MapReader& m, RetrieveRequest* r) {
@@ -851,6 +936,7 @@ Status DecodeFields(const MapReader& m, RetrieveRequest* r) {
   KVT_RETURN_IF_ERROR(DecodeKey(m, RankUse::kRequired, &r->key));
   KVT_RETURN_IF_ERROR(m.UintArray("block_ids", kMaxBlockIds, &r->block_ids));
   KVT_RETURN_IF_ERROR(m.Uint("skip_first_n_tokens", Need::kOptional, &r->skip_first_n_tokens));
+  KVT_RETURN_IF_ERROR(m.OptionalFixedBin("event_ipc_handle", &r->event_ipc_handle));
   const uint64_t range_end = r->key.end.value_or(static_cast<uint32_t>(r->key.tokens.size()));
   if (r->skip_first_n_tokens > range_end - r->key.start) {
     return m.Error("skip_first_n_tokens",
@@ -911,11 +997,13 @@ Status DecodeFields(const MapReader& m, LookupHitsReply* r) {
 Status DecodeFields(const MapReader& m, StoreReply* r) {
   KVT_RETURN_IF_ERROR(m.Uint("stored_chunks", Need::kRequired, &r->stored_chunks));
   KVT_RETURN_IF_ERROR(m.Uint("present_chunks", Need::kRequired, &r->present_chunks));
-  return m.Uint("failed_chunks", Need::kRequired, &r->failed_chunks);
+  KVT_RETURN_IF_ERROR(m.Uint("failed_chunks", Need::kRequired, &r->failed_chunks));
+  return m.OptionalFixedBin("event_ipc_handle", &r->event_ipc_handle);
 }
 
 Status DecodeFields(const MapReader& m, RetrieveReply* r) {
-  return m.Uint("retrieved_chunks", Need::kRequired, &r->retrieved_chunks);
+  KVT_RETURN_IF_ERROR(m.Uint("retrieved_chunks", Need::kRequired, &r->retrieved_chunks));
+  return m.OptionalFixedBin("event_ipc_handle", &r->event_ipc_handle);
 }
 
 Status DecodeFields(const MapReader& m, FreeLookupLocksReply* r) {

@@ -707,6 +707,24 @@ TEST(DecodeRequestTest, RetrieveSkipStaysInsideTheRange) {
   ExpectProtocolError(Decode(Opcode::kRetrieve, v), "more than the range's 2 tokens");
 }
 
+TEST(DecodeRequestTest, EventHandlesAreExactly64Bytes) {
+  for (Opcode op : {Opcode::kStore, Opcode::kRetrieve}) {
+    Value v = ValidPayload(op);
+    v.Set("event_ipc_handle", Value::Binary(std::string(65, 'x')));
+    ExpectProtocolError(Decode(op, v), "field 'event_ipc_handle' is 65 bytes, must be exactly 64");
+    v.Set("event_ipc_handle", Value::Nil());
+    auto nil = Decode(op, v);
+    ASSERT_TRUE(nil.has_value()) << nil.error().ToString();
+    v.Set("event_ipc_handle", Value::Binary(std::string(64, 'x')));
+    auto r = Decode(op, v);
+    ASSERT_TRUE(r.has_value()) << r.error().ToString();
+    const auto& handle = op == Opcode::kStore ? std::get<StoreRequest>(*r).event_ipc_handle
+                                              : std::get<RetrieveRequest>(*r).event_ipc_handle;
+    ASSERT_TRUE(handle.has_value());
+    EXPECT_EQ((*handle)[0], 'x');
+  }
+}
+
 TEST(DecodeRequestTest, RegisterRules) {
   auto register_with = [](const char* path, Value v) {
     return Decode(Opcode::kRegisterKvCache,
@@ -743,12 +761,34 @@ TEST(DecodeRequestTest, RegisterRules) {
   }
   ExpectProtocolError(Decode(Opcode::kRegisterKvCache, huge), "larger than 2^64 bytes");
 
-  // A CUDA worker has no shared-memory segment to fit into.
+  // A CUDA worker has no shared-memory segment to fit into; it names its device and one
+  // memory handle per layer instead.
   Value cuda = ValidPayload(Opcode::kRegisterKvCache);
   cuda.Set("backend", Str("cuda")).Set("shm_name", Str("")).Set("shm_size", Uint(0));
+  ExpectProtocolError(Decode(Opcode::kRegisterKvCache, cuda), "missing required field 'device_uuid'");
+  cuda.Set("device_uuid", Value::Binary(std::string(16, '\x07')));
+  ExpectProtocolError(Decode(Opcode::kRegisterKvCache, cuda),
+                      "missing required field 'cuda_ipc_handles'");
+  cuda.Set("cuda_ipc_handles", Value::List({Value::Binary(std::string(64, 'a'))}));
+  ExpectProtocolError(Decode(Opcode::kRegisterKvCache, cuda),
+                      "field 'cuda_ipc_handles' has 1 entries, num_layers is 2");
+  cuda.Set("cuda_ipc_handles", Value::List({Value::Binary(std::string(64, 'a')),
+                                            Value::Binary(std::string(63, 'b'))}));
+  ExpectProtocolError(Decode(Opcode::kRegisterKvCache, cuda),
+                      "field 'cuda_ipc_handles[1]' is 63 bytes, must be exactly 64");
+  cuda.Set("device_uuid", Str("GPU-0"));
+  ExpectProtocolError(Decode(Opcode::kRegisterKvCache, cuda),
+                      "field 'device_uuid' must be bin (16 bytes), got str");
+  cuda.Set("device_uuid", Value::Binary(std::string(16, '\x07')));
+  cuda.Set("cuda_ipc_handles", Value::List({Value::Binary(std::string(64, 'a')),
+                                            Value::Binary(std::string(64, 'b'))}));
   auto r = Decode(Opcode::kRegisterKvCache, cuda);
   ASSERT_TRUE(r.has_value()) << r.error().ToString();
-  EXPECT_EQ(std::get<RegisterKvCacheRequest>(*r).backend, "cuda");
+  const auto& cr = std::get<RegisterKvCacheRequest>(*r);
+  EXPECT_EQ(cr.backend, "cuda");
+  EXPECT_EQ(cr.device_uuid[15], 7);
+  ASSERT_EQ(cr.cuda_ipc_handles.size(), 2u);
+  EXPECT_EQ(cr.cuda_ipc_handles[1][63], 'b');
 
   auto mla = ValidPayload(Opcode::kRegisterKvCache);
   mla.Set("layout.format", Str("mla")).Set("layout.num_kv_heads", Uint(1));

@@ -92,6 +92,17 @@ class MessageGenerator {
     return l;
   }
 
+  template <size_t N>
+  std::array<uint8_t, N> Bytes() {
+    std::array<uint8_t, N> out;
+    for (uint8_t& b : out) b = static_cast<uint8_t>(AnyUint(255));
+    return out;
+  }
+  std::optional<CudaIpcHandle> MaybeHandle() {
+    if (Bool()) return std::nullopt;
+    return Bytes<kCudaIpcHandleBytes>();
+  }
+
   Request MakeRequest(Opcode op) {
     switch (op) {
       case Opcode::kHello:
@@ -107,6 +118,11 @@ class MessageGenerator {
         r.shm_name = String(1, 60);
         const uint64_t end = r.layout.layer_offsets.back() + *LayerBytes(r.layout);
         r.shm_size = end + Uint(0, 1 << 20);
+        if (r.backend == "cuda") {
+          r.device_uuid = Bytes<kDeviceUuidBytes>();
+          for (uint32_t i = 0; i < r.layout.num_layers; ++i)
+            r.cuda_ipc_handles.push_back(Bytes<kCudaIpcHandleBytes>());
+        }
         return r;
       }
       case Opcode::kUnregisterKvCache:
@@ -123,9 +139,9 @@ class MessageGenerator {
       case Opcode::kQueryPrefetchLookupHits:
         return QueryPrefetchLookupHitsRequest{String(1, 64)};
       case Opcode::kStore:
-        return StoreRequest{String(1, 50), MakeKey(true), BlockIds()};
+        return StoreRequest{String(1, 50), MakeKey(true), BlockIds(), MaybeHandle()};
       case Opcode::kRetrieve: {
-        RetrieveRequest r{String(1, 50), MakeKey(true), BlockIds(), 0};
+        RetrieveRequest r{String(1, 50), MakeKey(true), BlockIds(), 0, MaybeHandle()};
         const uint32_t end = r.key.end.value_or(static_cast<uint32_t>(r.key.tokens.size()));
         r.skip_first_n_tokens = static_cast<uint32_t>(Uint(0, end - r.key.start));
         return r;
@@ -167,9 +183,9 @@ class MessageGenerator {
       case Opcode::kQueryPrefetchLookupHits:
         return LookupHitsReply{Bool(), u32()};
       case Opcode::kStore:
-        return StoreReply{u32(), u32(), u32()};
+        return StoreReply{u32(), u32(), u32(), MaybeHandle()};
       case Opcode::kRetrieve:
-        return RetrieveReply{u32()};
+        return RetrieveReply{u32(), MaybeHandle()};
       case Opcode::kFreeLookupLocks:
         return FreeLookupLocksReply{u32()};
       case Opcode::kEndSession:
@@ -220,7 +236,7 @@ inline Request SampleRequest(Opcode op) {
       return HelloRequest{kProtocolVersion, "vllm-0.9"};
     case Opcode::kRegisterKvCache:
       return RegisterKvCacheRequest{"engine-0-rank-1",         key.model, 2, 1, "host", layout,
-                                    "/kvtier-engine-0-rank-1", 8u << 20};
+                                    "/kvtier-engine-0-rank-1", 8u << 20, {}, {}};
     case Opcode::kUnregisterKvCache:
       return UnregisterKvCacheRequest{"engine-0-rank-1"};
     case Opcode::kGetChunkSize:
@@ -234,9 +250,9 @@ inline Request SampleRequest(Opcode op) {
     case Opcode::kQueryPrefetchLookupHits:
       return QueryPrefetchLookupHitsRequest{"req-1"};
     case Opcode::kStore:
-      return StoreRequest{"engine-0-rank-1", ranked, blocks};
+      return StoreRequest{"engine-0-rank-1", ranked, blocks, std::nullopt};
     case Opcode::kRetrieve:
-      return RetrieveRequest{"engine-0-rank-1", ranked, blocks, 16};
+      return RetrieveRequest{"engine-0-rank-1", ranked, blocks, 16, std::nullopt};
     case Opcode::kFreeLookupLocks:
       return FreeLookupLocksRequest{key};
     case Opcode::kEndSession:
@@ -269,9 +285,9 @@ inline Reply SampleReply(Opcode op) {
     case Opcode::kQueryPrefetchLookupHits:
       return LookupHitsReply{true, 2};
     case Opcode::kStore:
-      return StoreReply{2, 1, 1};
+      return StoreReply{2, 1, 1, std::nullopt};
     case Opcode::kRetrieve:
-      return RetrieveReply{4};
+      return RetrieveReply{4, std::nullopt};
     case Opcode::kFreeLookupLocks:
       return FreeLookupLocksReply{4};
     case Opcode::kEndSession:

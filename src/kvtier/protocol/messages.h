@@ -4,6 +4,7 @@
 // of a message and back. Depends only on common/ and keys/.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -84,6 +85,13 @@ std::optional<KvFormat> KvFormatFromName(std::string_view name);
 const char* DTypeChoices();
 const char* KvFormatChoices();
 
+// CUDA IPC handles (cudaIpcMemHandle_t / cudaIpcEventHandle_t bytes) and device UUIDs
+// (cudaDeviceProp::uuid), as the GPU data path sends them.
+inline constexpr size_t kCudaIpcHandleBytes = 64;
+inline constexpr size_t kDeviceUuidBytes = 16;
+using CudaIpcHandle = std::array<uint8_t, kCudaIpcHandleBytes>;
+using DeviceUuid = std::array<uint8_t, kDeviceUuidBytes>;
+
 // An engine worker's paged KV cache (see docs/protocol.md, REGISTER_KV_CACHE).
 struct Layout {
   uint32_t num_layers = 0;
@@ -114,8 +122,13 @@ struct RegisterKvCacheRequest {
   uint16_t worker_rank = 0;
   std::string backend = "host";
   Layout layout;
-  std::string shm_name;
+  std::string shm_name;  // host backend
   uint64_t shm_size = 0;
+  // cuda backend: the GPU holding the cache, and one memory handle per layer (layers sharing
+  // one allocation repeat its handle); layout.layer_offsets are then offsets from the base of
+  // each layer's allocation.
+  DeviceUuid device_uuid{};
+  std::vector<CudaIpcHandle> cuda_ipc_handles;
   friend bool operator==(const RegisterKvCacheRequest&, const RegisterKvCacheRequest&) = default;
 };
 struct UnregisterKvCacheRequest {
@@ -152,6 +165,9 @@ struct StoreRequest {
   std::string instance_id;
   Key key;
   std::vector<uint32_t> block_ids;
+  // cuda backend: an interprocess event the engine recorded after writing the blocks; the
+  // server's copies wait for it. Absent: the blocks are ready now.
+  std::optional<CudaIpcHandle> event_ipc_handle;
   friend bool operator==(const StoreRequest&, const StoreRequest&) = default;
 };
 struct RetrieveRequest {
@@ -159,6 +175,8 @@ struct RetrieveRequest {
   Key key;
   std::vector<uint32_t> block_ids;
   uint32_t skip_first_n_tokens = 0;
+  // cuda backend: an interprocess event recorded after the engine's last use of the blocks.
+  std::optional<CudaIpcHandle> event_ipc_handle;
   friend bool operator==(const RetrieveRequest&, const RetrieveRequest&) = default;
 };
 struct FreeLookupLocksRequest {
@@ -223,10 +241,14 @@ struct StoreReply {
   uint32_t stored_chunks = 0;
   uint32_t present_chunks = 0;
   uint32_t failed_chunks = 0;
+  // cuda backend: an interprocess event that completes when the server's copies are done.
+  std::optional<CudaIpcHandle> event_ipc_handle;
   friend bool operator==(const StoreReply&, const StoreReply&) = default;
 };
 struct RetrieveReply {
   uint32_t retrieved_chunks = 0;
+  // cuda backend: completes when the retrieved KV is in the engine's blocks.
+  std::optional<CudaIpcHandle> event_ipc_handle;
   friend bool operator==(const RetrieveReply&, const RetrieveReply&) = default;
 };
 struct FreeLookupLocksReply {

@@ -473,7 +473,7 @@ Reply Engine::Retrieve(const protocol::RetrieveRequest& r) {
   storage_->FinishReadPrefetched(keys, 1);
   if (!copied.ok()) return fail(copied);
   counters_.retrieved_chunks.fetch_add(n, std::memory_order_relaxed);
-  return protocol::RetrieveReply{static_cast<uint32_t>(n)};
+  return protocol::RetrieveReply{.retrieved_chunks = static_cast<uint32_t>(n)};
 }
 
 Reply Engine::FreeLookupLocks(const protocol::FreeLookupLocksRequest& r) {

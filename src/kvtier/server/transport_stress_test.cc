@@ -22,7 +22,7 @@ TEST(TransportStressTest, EveryRequestGetsItsOwnReply) {
     if (auto* c = std::get_if<protocol::ClearRequest>(&r))
       return reply(protocol::ClearReply{c->force ? 1u : 2u});
     if (auto* s = std::get_if<protocol::StoreRequest>(&r))
-      return reply(protocol::StoreReply{s->block_ids.at(0), 0, 0});
+      return reply(protocol::StoreReply{s->block_ids.at(0), 0, 0, std::nullopt});
     reply(protocol::EmptyReply{});
   });
   ASSERT_TRUE(t.has_value());
