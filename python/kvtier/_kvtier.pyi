@@ -1,5 +1,5 @@
 # Type stubs for the extension module kvtier._kvtier (python/src/kvtier_module.cc).
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -73,11 +73,15 @@ class StoreReply:
     def present_chunks(self) -> int: ...
     @property
     def failed_chunks(self) -> int: ...
+    @property
+    def event_ipc_handle(self) -> bytes | None: ...
     def to_dict(self) -> dict[str, Any]: ...
 
 class RetrieveReply:
     @property
     def retrieved_chunks(self) -> int: ...
+    @property
+    def event_ipc_handle(self) -> bytes | None: ...
     def to_dict(self) -> dict[str, Any]: ...
 
 class FreeLookupLocksReply:
@@ -171,11 +175,13 @@ class Client:
         instance_id: str,
         model: str,
         layout: Mapping[str, Any],
-        shm_name: str,
-        shm_size: int,
+        shm_name: str = "",
+        shm_size: int = 0,
         world_size: int = 1,
         worker_rank: int = 0,
         backend: str = "host",
+        device_uuid: bytes | None = None,
+        cuda_ipc_handles: Sequence[bytes] | None = None,
     ) -> Future[RegisterKvCacheReply]: ...
     def unregister_kv_cache(self, instance_id: str) -> Future[None]: ...
     def get_chunk_size(self) -> Future[ChunkSizeReply]: ...
@@ -191,7 +197,13 @@ class Client:
     def wait_prefetch_status(self, request_id: str, wait: float) -> Future[PrefetchStatusReply]: ...
     def query_prefetch_lookup_hits(self, request_id: str) -> Future[LookupHitsReply]: ...
     def store(
-        self, instance_id: str, block_ids: U32s, key: KeyLike = None, **key_fields: Any
+        self,
+        instance_id: str,
+        block_ids: U32s,
+        key: KeyLike = None,
+        *,
+        event_ipc_handle: bytes | None = None,
+        **key_fields: Any,
     ) -> Future[StoreReply]: ...
     def retrieve(
         self,
@@ -200,6 +212,7 @@ class Client:
         key: KeyLike = None,
         *,
         skip_first_n_tokens: int = 0,
+        event_ipc_handle: bytes | None = None,
         **key_fields: Any,
     ) -> Future[RetrieveReply]: ...
     def free_lookup_locks(self, key: KeyLike = None, **key_fields: Any) -> Future[FreeLookupLocksReply]: ...

@@ -414,11 +414,41 @@ py::dict LayoutDict(const protocol::Layout& l) {
   return d;
 }
 
+// A bytes-like value of exactly N bytes (CUDA IPC handles, device UUIDs).
+template <size_t N>
+std::array<uint8_t, N> ToFixedBytes(py::handle value, const std::string& what) {
+  if (!py::isinstance<py::bytes>(value) && !py::isinstance<py::bytearray>(value)) {
+    throw py::type_error(fmt::format("{} must be bytes ({} bytes), got {}", what, N,
+                                     std::string(py::str(py::type::of(value).attr("__name__")))));
+  }
+  const std::string bytes = py::isinstance<py::bytes>(value)
+                                ? std::string(py::reinterpret_borrow<py::bytes>(value))
+                                : std::string(py::bytes(py::reinterpret_borrow<py::object>(value)));
+  if (bytes.size() != N) {
+    throw py::value_error(fmt::format("{} must be exactly {} bytes, got {}", what, N, bytes.size()));
+  }
+  std::array<uint8_t, N> out;
+  std::memcpy(out.data(), bytes.data(), N);
+  return out;
+}
+
+std::optional<protocol::CudaIpcHandle> ToOptionalHandle(py::handle value, const std::string& what) {
+  if (value.is_none()) return std::nullopt;
+  return ToFixedBytes<protocol::kCudaIpcHandleBytes>(value, what);
+}
+
+py::object HandleToPython(const std::optional<protocol::CudaIpcHandle>& h) {
+  if (!h) return py::none();
+  return py::bytes(reinterpret_cast<const char*>(h->data()), h->size());
+}
+
 protocol::RegisterKvCacheRequest ToRegistration(const std::string& instance_id,
                                                 const std::string& model, py::handle layout,
                                                 const std::string& shm_name, py::handle shm_size,
                                                 py::handle world_size, py::handle worker_rank,
-                                                const std::string& backend) {
+                                                const std::string& backend,
+                                                py::handle device_uuid,
+                                                py::handle cuda_ipc_handles) {
   protocol::RegisterKvCacheRequest r;
   r.instance_id = instance_id;
   r.model = model;
@@ -432,6 +462,19 @@ protocol::RegisterKvCacheRequest ToRegistration(const std::string& instance_id,
   r.layout = ToLayout(layout);
   r.shm_name = shm_name;
   r.shm_size = ToUint(shm_size, "shm_size", 0, kU64Max);
+  if (backend == "cuda") {
+    if (device_uuid.is_none() || cuda_ipc_handles.is_none()) {
+      throw py::value_error("backend 'cuda' needs device_uuid and cuda_ipc_handles");
+    }
+    r.device_uuid = ToFixedBytes<protocol::kDeviceUuidBytes>(device_uuid, "device_uuid");
+    size_t i = 0;
+    for (py::handle h : cuda_ipc_handles) {
+      r.cuda_ipc_handles.push_back(
+          ToFixedBytes<protocol::kCudaIpcHandleBytes>(h, fmt::format("cuda_ipc_handles[{}]", i++)));
+    }
+  } else if (!device_uuid.is_none() || !cuda_ipc_handles.is_none()) {
+    throw py::value_error("device_uuid and cuda_ipc_handles are for backend 'cuda' only");
+  }
   return r;
 }
 
@@ -445,6 +488,13 @@ py::dict RegistrationDict(const protocol::RegisterKvCacheRequest& r) {
   d["layout"] = LayoutDict(r.layout);
   d["shm_name"] = r.shm_name;
   d["shm_size"] = r.shm_size;
+  if (r.backend == "cuda") {
+    d["device_uuid"] = py::bytes(reinterpret_cast<const char*>(r.device_uuid.data()),
+                                 r.device_uuid.size());
+    py::list handles;
+    for (const auto& h : r.cuda_ipc_handles) handles.append(HandleToPython(h));
+    d["cuda_ipc_handles"] = handles;
+  }
   return d;
 }
 
@@ -462,6 +512,12 @@ class ReplyClass {
   ReplyClass& Field(const char* field, F T::*member) {
     cls_.def_readonly(field, member);
     fields_->emplace_back(field, [member](const T& v) { return py::cast(v.*member); });
+    return *this;
+  }
+  template <typename G>
+  ReplyClass& Getter(const char* field, G get) {
+    cls_.def_property_readonly(field, [get](const T& v) { return get(v); });
+    fields_->emplace_back(field, [get](const T& v) { return py::object(get(v)); });
     return *this;
   }
   void Done() {
@@ -615,9 +671,12 @@ class PyClient {
                                           const py::object& layout, const std::string& shm_name,
                                           const py::object& shm_size, const py::object& world_size,
                                           const py::object& worker_rank,
-                                          const std::string& backend) {
-    protocol::RegisterKvCacheRequest r = ToRegistration(instance_id, model, layout, shm_name,
-                                                        shm_size, world_size, worker_rank, backend);
+                                          const std::string& backend,
+                                          const py::object& device_uuid,
+                                          const py::object& cuda_ipc_handles) {
+    protocol::RegisterKvCacheRequest r =
+        ToRegistration(instance_id, model, layout, shm_name, shm_size, world_size, worker_rank,
+                       backend, device_uuid, cuda_ipc_handles);
     return Wrap(Submit([&](Client& c) { return c.RegisterKvCache(std::move(r)); }),
                 "REGISTER_KV_CACHE");
   }
@@ -651,20 +710,23 @@ class PyClient {
                 "QUERY_PREFETCH_LOOKUP_HITS");
   }
   std::shared_ptr<Future> Store(const std::string& instance_id, const py::object& block_ids,
-                                const py::object& key, const py::kwargs& fields) {
+                                const py::object& key, const py::object& event_ipc_handle,
+                                const py::kwargs& fields) {
     protocol::StoreRequest r;
     r.instance_id = instance_id;
     r.key = ToKey(key, fields, "store", Rank::kOne);
     r.block_ids = ToU32Vector(block_ids, "block_ids");
+    r.event_ipc_handle = ToOptionalHandle(event_ipc_handle, "event_ipc_handle");
     return Wrap(Submit([&](Client& c) { return c.Store(std::move(r)); }), "STORE");
   }
   std::shared_ptr<Future> Retrieve(const std::string& instance_id, const py::object& block_ids,
                                    const py::object& key, const py::object& skip_first_n_tokens,
-                                   const py::kwargs& fields) {
+                                   const py::object& event_ipc_handle, const py::kwargs& fields) {
     protocol::RetrieveRequest r;
     r.instance_id = instance_id;
     r.key = ToKey(key, fields, "retrieve", Rank::kOne);
     r.block_ids = ToU32Vector(block_ids, "block_ids");
+    r.event_ipc_handle = ToOptionalHandle(event_ipc_handle, "event_ipc_handle");
     r.skip_first_n_tokens =
         static_cast<uint32_t>(ToUint(skip_first_n_tokens, "skip_first_n_tokens", 0, kU32Max));
     return Wrap(Submit([&](Client& c) { return c.Retrieve(std::move(r)); }), "RETRIEVE");
@@ -764,9 +826,13 @@ void Init(py::module_& m) {
       .Field("stored_chunks", &protocol::StoreReply::stored_chunks)
       .Field("present_chunks", &protocol::StoreReply::present_chunks)
       .Field("failed_chunks", &protocol::StoreReply::failed_chunks)
+      .Getter("event_ipc_handle",
+              [](const protocol::StoreReply& r) { return HandleToPython(r.event_ipc_handle); })
       .Done();
   ReplyClass<protocol::RetrieveReply>(m, "RetrieveReply", "RETRIEVE reply.")
       .Field("retrieved_chunks", &protocol::RetrieveReply::retrieved_chunks)
+      .Getter("event_ipc_handle",
+              [](const protocol::RetrieveReply& r) { return HandleToPython(r.event_ipc_handle); })
       .Done();
   ReplyClass<protocol::FreeLookupLocksReply>(m, "FreeLookupLocksReply", "FREE_LOOKUP_LOCKS reply.")
       .Field("released", &protocol::FreeLookupLocksReply::released)
@@ -844,8 +910,10 @@ void Init(py::module_& m) {
              return false;
            })
       .def("register_kv_cache", &PyClient::RegisterKvCache, py::kw_only(), py::arg("instance_id"),
-           py::arg("model"), py::arg("layout"), py::arg("shm_name"), py::arg("shm_size"),
-           py::arg("world_size") = 1, py::arg("worker_rank") = 0, py::arg("backend") = "host")
+           py::arg("model"), py::arg("layout"), py::arg("shm_name") = "",
+           py::arg("shm_size") = 0, py::arg("world_size") = 1, py::arg("worker_rank") = 0,
+           py::arg("backend") = "host", py::arg("device_uuid") = py::none(),
+           py::arg("cuda_ipc_handles") = py::none())
       .def("unregister_kv_cache", &PyClient::UnregisterKvCache, py::arg("instance_id"))
       .def("get_chunk_size", &PyClient::GetChunkSize)
       .def("lookup", &PyClient::Lookup, py::arg("key") = py::none(), py::kw_only(),
@@ -855,9 +923,10 @@ void Init(py::module_& m) {
            py::arg("wait"))
       .def("query_prefetch_lookup_hits", &PyClient::QueryPrefetchLookupHits, py::arg("request_id"))
       .def("store", &PyClient::Store, py::arg("instance_id"), py::arg("block_ids"),
-           py::arg("key") = py::none())
+           py::arg("key") = py::none(), py::kw_only(), py::arg("event_ipc_handle") = py::none())
       .def("retrieve", &PyClient::Retrieve, py::arg("instance_id"), py::arg("block_ids"),
-           py::arg("key") = py::none(), py::kw_only(), py::arg("skip_first_n_tokens") = 0)
+           py::arg("key") = py::none(), py::kw_only(), py::arg("skip_first_n_tokens") = 0,
+           py::arg("event_ipc_handle") = py::none())
       .def("free_lookup_locks", &PyClient::FreeLookupLocks, py::arg("key") = py::none())
       .def("end_session", &PyClient::EndSession, py::arg("request_id"))
       .def("ping", &PyClient::Ping, py::arg("instance_id") = py::none())
@@ -868,13 +937,16 @@ void Init(py::module_& m) {
       "_registration",
       [](const std::string& instance_id, const std::string& model, const py::object& layout,
          const std::string& shm_name, const py::object& shm_size, const py::object& world_size,
-         const py::object& worker_rank, const std::string& backend) {
+         const py::object& worker_rank, const std::string& backend, const py::object& device_uuid,
+         const py::object& cuda_ipc_handles) {
         return RegistrationDict(ToRegistration(instance_id, model, layout, shm_name, shm_size,
-                                               world_size, worker_rank, backend));
+                                               world_size, worker_rank, backend, device_uuid,
+                                               cuda_ipc_handles));
       },
       py::kw_only(), py::arg("instance_id"), py::arg("model"), py::arg("layout"),
-      py::arg("shm_name"), py::arg("shm_size"), py::arg("world_size") = 1,
-      py::arg("worker_rank") = 0, py::arg("backend") = "host",
+      py::arg("shm_name") = "", py::arg("shm_size") = 0, py::arg("world_size") = 1,
+      py::arg("worker_rank") = 0, py::arg("backend") = "host", py::arg("device_uuid") = py::none(),
+      py::arg("cuda_ipc_handles") = py::none(),
       "The REGISTER_KV_CACHE request register_kv_cache() would send, as a dict (for tests).");
 }
 

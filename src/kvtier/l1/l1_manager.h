@@ -209,6 +209,8 @@ class L1Manager {
   uint64_t used_bytes() const { return allocator_->used_bytes(); }
   uint64_t capacity_bytes() const { return allocator_->capacity(); }
   const memory::Allocator& allocator() const { return *allocator_; }
+  // The host memory every object lives in (the GPU path needs its range and CUDA registration).
+  const memory::HostPool& pool() const { return *pool_; }
   Clock* clock() const { return options_.clock; }
 
  private:

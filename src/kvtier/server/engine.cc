@@ -378,12 +378,16 @@ Reply Engine::Store(const protocol::StoreRequest& r) {
     }
   }
   if (!mine.empty()) {
-    Status copied = (*reg)->backend->Gather(blocks, objects);
+    transfer::DeviceOrder order{.wait_event = r.event_ipc_handle};
+    // The L1 objects become readable (and storable to L2) only after FinishWrite, which runs
+    // after Gather returned, i.e. after the copies completed (device copies included).
+    Status copied = (*reg)->backend->Gather(blocks, objects, &order);
     if (!copied.ok()) {
       storage_->AbortWrite(mine);
       return Err(copied);
     }
     storage_->FinishWrite(mine);
+    out.event_ipc_handle = order.done_event;
   }
   out.stored_chunks = static_cast<uint32_t>(mine.size());
   counters_.stored_chunks.fetch_add(out.stored_chunks, std::memory_order_relaxed);
@@ -469,11 +473,13 @@ Reply Engine::Retrieve(const protocol::RetrieveRequest& r) {
   objects.reserve(views->size());
   for (const auto& v : *views) objects.emplace_back(v.data, v.size);
   std::span<const uint32_t> blocks(r.block_ids.data(), n * bpc);
-  Status copied = (*reg)->backend->Scatter(objects, blocks, r.skip_first_n_tokens);
+  transfer::DeviceOrder order{.wait_event = r.event_ipc_handle};
+  Status copied = (*reg)->backend->Scatter(objects, blocks, r.skip_first_n_tokens, &order);
   storage_->FinishReadPrefetched(keys, 1);
   if (!copied.ok()) return fail(copied);
   counters_.retrieved_chunks.fetch_add(n, std::memory_order_relaxed);
-  return protocol::RetrieveReply{.retrieved_chunks = static_cast<uint32_t>(n)};
+  return protocol::RetrieveReply{.retrieved_chunks = static_cast<uint32_t>(n),
+                                 .event_ipc_handle = order.done_event};
 }
 
 Reply Engine::FreeLookupLocks(const protocol::FreeLookupLocksRequest& r) {

@@ -41,7 +41,7 @@ class FakeBackend : public transfer::TransferBackend {
  private:
   // The base class validated the arguments (counts, ids, sizes).
   Status GatherImpl(std::span<const uint32_t> blocks,
-                    std::span<const std::span<uint8_t>> objects) override {
+                    std::span<const std::span<uint8_t>> objects, transfer::DeviceOrder* /*order*/) override {
     for (size_t c = 0; c < objects.size(); ++c) {
       for (uint32_t b = 0; b < kBlocksPerChunk; ++b) {
         std::memcpy(
@@ -53,7 +53,7 @@ class FakeBackend : public transfer::TransferBackend {
     return Status::OK();
   }
   Status ScatterImpl(std::span<const std::span<const uint8_t>> objects,
-                     std::span<const uint32_t> blocks, uint32_t skip) override {
+                     std::span<const uint32_t> blocks, uint32_t skip, transfer::DeviceOrder* /*order*/) override {
     for (size_t c = 0; c < objects.size(); ++c) {
       for (uint32_t t = 0; t < kChunk; ++t) {
         uint64_t token = c * kChunk + t;

@@ -7,6 +7,9 @@
 #include "kvtier/common/logging.h"
 #include "kvtier/common/units.h"
 #include "kvtier/keys/token_hasher.h"
+#if defined(KVT_WITH_CUDA)
+#include "kvtier/gpu/cuda_backend.h"
+#endif
 
 namespace kvtier::service {
 
@@ -32,14 +35,37 @@ Result<std::unique_ptr<Service>> Service::Start(const ServiceOptions& options) {
   transfer::HostBackendOptions host = options.host_transfer;
   host.pool = s->copy_pool_.get();
   const uint32_t chunk_size = options.engine.chunk_size;
-  server::BackendFactory backends = [host, chunk_size](const protocol::RegisterKvCacheRequest& r)
+  const memory::HostPool* l1_pool = &s->storage_->l1().pool();
+  server::BackendFactory backends = [host, chunk_size,
+                                     l1_pool](const protocol::RegisterKvCacheRequest& r)
       -> Result<std::unique_ptr<transfer::TransferBackend>> {
     if (r.backend == "host") {
       KVT_ASSIGN_OR_RETURN(auto backend, transfer::HostBackend::Create(r, chunk_size, host));
       return std::unique_ptr<transfer::TransferBackend>(std::move(backend));
     }
+#if defined(KVT_WITH_CUDA)
+    if (r.backend == "cuda") {
+      if (!l1_pool->cuda_registered()) {
+        return MakeError(Status::FailedPrecondition(
+            "the cuda backend needs the L1 pool pinned with CUDA, and it is not (no GPU was "
+            "visible when the server started, or cudaHostRegister failed: see the server log)"));
+      }
+      gpu::CudaBackendOptions options;
+      options.host_base = l1_pool->data();
+      options.host_size = l1_pool->size();
+      KVT_ASSIGN_OR_RETURN(auto backend, gpu::CudaBackend::Create(r, chunk_size, options));
+      return std::unique_ptr<transfer::TransferBackend>(std::move(backend));
+    }
     return MakeError(Status::NotSupported(fmt::format(
-        "transfer backend '{}' is not available in this server (available: host)", r.backend)));
+        "transfer backend '{}' is not available in this server (available: host, cuda)",
+        r.backend)));
+#else
+    (void)l1_pool;
+    return MakeError(Status::NotSupported(fmt::format(
+        "transfer backend '{}' is not available in this server (available: host; this build has "
+        "no CUDA)",
+        r.backend)));
+#endif
   };
   server::EngineOptions engine_options = options.engine;
   auto engine =
@@ -145,6 +171,11 @@ nlohmann::json Service::StatusJson() const {
   j["engine"] = engine_->StatusJson();
   j["storage"] = storage_->StatusJson();
   if (admin_) j["admin"] = admin_->RequestCountsJson();
+#if defined(KVT_WITH_CUDA)
+  // CUDA IPC allocations of engines this server has open (released on unregister and reaping).
+  j["gpu"] = {{"l1_pinned", storage_->l1().pool().cuda_registered()},
+              {"ipc_mappings", gpu::IpcMapping::OpenCount()}};
+#endif
   return j;
 }
 

@@ -25,9 +25,10 @@ inline constexpr size_t kCudaIpcHandleSize = 64;  // CUDA_IPC_HANDLE_SIZE
 using CudaIpcEventHandle = std::array<uint8_t, kCudaIpcHandleSize>;
 
 // The wire reply of a GPU operation: the exported event (cudaIpcGetEventHandle) and the value.
+// No event: the server enqueued no GPU work (nothing to copy), so the value is final as is.
 template <typename T>
 struct DeviceReply {
-  CudaIpcEventHandle event_ipc_handle{};
+  std::optional<CudaIpcEventHandle> event_ipc_handle;
   T value{};
 };
 
@@ -70,7 +71,7 @@ class DeviceFuture {
   bool Query() const {
     if (!state_->raw.Query()) return false;
     auto event = Event();
-    if (!event) return true;
+    if (!event || *event == nullptr) return true;
     auto done = (*event)->Query();
     return !done || *done;
   }
@@ -80,7 +81,7 @@ class DeviceFuture {
   bool Wait(Timeout timeout = kWaitForever) const {
     if (!state_->raw.Wait(timeout)) return false;
     auto event = Event();
-    if (event) (*event)->Synchronize().IgnoreError();  // Result() reports it
+    if (event && *event != nullptr) (*event)->Synchronize().IgnoreError();  // Result() reports it
     return true;
   }
 
@@ -89,7 +90,7 @@ class DeviceFuture {
   ::kvtier::Result<T> Result(Timeout timeout = kWaitForever) const {
     KVT_ASSIGN_OR_RETURN(DeviceReply<T> reply, state_->raw.Result(timeout));
     KVT_ASSIGN_OR_RETURN(const IpcEvent* event, Event());
-    KVT_RETURN_IF_ERROR(event->Synchronize());
+    if (event != nullptr) KVT_RETURN_IF_ERROR(event->Synchronize());
     return std::move(reply.value);
   }
 
@@ -104,20 +105,25 @@ class DeviceFuture {
     const int device;
     Mutex mu;
     std::optional<::kvtier::Result<IpcEvent>> event KVT_GUARDED_BY(mu);
+    bool no_event KVT_GUARDED_BY(mu) = false;
   };
 
-  // The imported event, opened on first use; the raw future must be ready. Stays valid while
-  // this future's state lives.
+  // The imported event, opened on first use (nullptr when the reply carries none); the raw
+  // future must be ready. Stays valid while this future's state lives.
   ::kvtier::Result<const IpcEvent*> Event() const {
     MutexLock lock(&state_->mu);
     if (!state_->event.has_value()) {
       auto reply = state_->raw.Result(Duration::zero());
       if (!reply) {
         state_->event.emplace(MakeError(std::move(reply).error()));
+      } else if (!reply->event_ipc_handle.has_value()) {
+        state_->no_event = true;
+        state_->event.emplace(MakeError(Status::NotFound("no event")));
       } else {
-        state_->event.emplace(IpcEvent::Open(reply->event_ipc_handle, state_->device));
+        state_->event.emplace(IpcEvent::Open(*reply->event_ipc_handle, state_->device));
       }
     }
+    if (state_->no_event) return static_cast<const IpcEvent*>(nullptr);
     if (!*state_->event) return MakeError(state_->event->error());
     return &**state_->event;
   }

@@ -40,7 +40,8 @@ TEST(DeviceFutureTest, InvalidEventHandleIsAnError) {
   Promise<DeviceReply<int>> promise;
   DeviceFuture<int> future(promise.GetFuture());
   DeviceReply<int> reply;
-  reply.event_ipc_handle.fill(0xab);  // not an exported event (and maybe no GPU at all)
+  reply.event_ipc_handle.emplace();
+  reply.event_ipc_handle->fill(0xab);  // not an exported event (and maybe no GPU at all)
   reply.value = 7;
   ASSERT_TRUE(promise.SetValue(reply));
   EXPECT_TRUE(future.Query());
@@ -51,6 +52,17 @@ TEST(DeviceFutureTest, InvalidEventHandleIsAnError) {
       << result.error().ToString();
   // The import is attempted once; later calls return the same error.
   EXPECT_EQ(future.Result().error(), result.error());
+}
+
+TEST(DeviceFutureTest, ReplyWithoutEventIsFinal) {
+  Promise<DeviceReply<int>> promise;
+  DeviceFuture<int> future(promise.GetFuture());
+  ASSERT_TRUE(promise.SetValue(DeviceReply<int>{std::nullopt, 5}));
+  EXPECT_TRUE(future.Query());
+  EXPECT_TRUE(future.Wait(Duration::zero()));
+  auto result = future.Result();
+  ASSERT_TRUE(result.has_value()) << result.error().ToString();
+  EXPECT_EQ(*result, 5);
 }
 
 TEST(DeviceFutureTest, RetainReferenceForwardsToTheRawFuture) {

@@ -289,7 +289,7 @@ void HostBackend::ForEachLayer(uint64_t bytes, const std::function<void(size_t)>
 }
 
 Status HostBackend::GatherImpl(std::span<const uint32_t> block_ids,
-                               std::span<const std::span<uint8_t>> objects) {
+                               std::span<const std::span<uint8_t>> objects, DeviceOrder* /*order*/) {
   const uint64_t bytes = objects.size() * object_size();
   const bool stream = bytes >= stream_min_bytes_;
   ForEachLayer(bytes, [&](size_t layer) {
@@ -304,7 +304,7 @@ Status HostBackend::GatherImpl(std::span<const uint32_t> block_ids,
 }
 
 Status HostBackend::ScatterImpl(std::span<const std::span<const uint8_t>> objects,
-                                std::span<const uint32_t> block_ids, uint32_t skip_first_n_tokens) {
+                                std::span<const uint32_t> block_ids, uint32_t skip_first_n_tokens, DeviceOrder* /*order*/) {
   const uint64_t bytes = objects.size() * object_size();
   const bool stream = bytes >= stream_min_bytes_;
   ForEachLayer(bytes, [&](size_t layer) {

@@ -58,9 +58,9 @@ class HostBackend final : public TransferBackend {
               std::span<const uint64_t> layer_offsets, const HostBackendOptions& options);
 
   Status GatherImpl(std::span<const uint32_t> block_ids,
-                    std::span<const std::span<uint8_t>> objects) override;
+                    std::span<const std::span<uint8_t>> objects, DeviceOrder* /*order*/) override;
   Status ScatterImpl(std::span<const std::span<const uint8_t>> objects,
-                     std::span<const uint32_t> block_ids, uint32_t skip_first_n_tokens) override;
+                     std::span<const uint32_t> block_ids, uint32_t skip_first_n_tokens, DeviceOrder* /*order*/) override;
 
   // Copies one layer of every object; ObjectSpan is std::span<uint8_t> for a gather (engine to
   // object) and std::span<const uint8_t> for a scatter (object to engine).

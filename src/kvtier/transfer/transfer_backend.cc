@@ -32,15 +32,31 @@ Status TransferBackend::Validate(const char* op, std::span<const uint32_t> block
   return Status::OK();
 }
 
+Status TransferBackend::CheckOrder(const char* op, DeviceOrder*& order) const {
+  if (order == nullptr) return Status::OK();
+  order->done_event.reset();
+  if (!on_device()) {
+    if (order->wait_event.has_value()) {
+      return Status::InvalidArgument(fmt::format(
+          "{}: an event_ipc_handle was given, but this worker registered a host backend", op));
+    }
+    order = nullptr;  // host backends never see one
+  }
+  return Status::OK();
+}
+
 Status TransferBackend::Gather(std::span<const uint32_t> block_ids,
-                               std::span<const std::span<uint8_t>> objects) {
+                               std::span<const std::span<uint8_t>> objects, DeviceOrder* order) {
+  KVT_RETURN_IF_ERROR(CheckOrder("gather", order));
   KVT_RETURN_IF_ERROR(Validate("gather", block_ids, objects));
   if (objects.empty()) return Status::OK();
-  return GatherImpl(block_ids.first(objects.size() * geometry_.blocks_per_chunk), objects);
+  return GatherImpl(block_ids.first(objects.size() * geometry_.blocks_per_chunk), objects, order);
 }
 
 Status TransferBackend::Scatter(std::span<const std::span<const uint8_t>> objects,
-                                std::span<const uint32_t> block_ids, uint32_t skip_first_n_tokens) {
+                                std::span<const uint32_t> block_ids, uint32_t skip_first_n_tokens,
+                                DeviceOrder* order) {
+  KVT_RETURN_IF_ERROR(CheckOrder("scatter", order));
   KVT_RETURN_IF_ERROR(Validate("scatter", block_ids, objects));
   const uint64_t tokens = uint64_t{objects.size()} * geometry_.chunk_size;
   if (skip_first_n_tokens > tokens) {
@@ -50,7 +66,7 @@ Status TransferBackend::Scatter(std::span<const std::span<const uint8_t>> object
   }
   if (skip_first_n_tokens == tokens) return Status::OK();  // nothing to write (or no objects)
   return ScatterImpl(objects, block_ids.first(objects.size() * geometry_.blocks_per_chunk),
-                     skip_first_n_tokens);
+                     skip_first_n_tokens, order);
 }
 
 }  // namespace kvtier::transfer

@@ -11,6 +11,11 @@
 // live here (non-virtual), so every implementation gets the same ones, and the *Impl hooks see
 // only valid arguments.
 //
+// GPU ordering (device backends only): DeviceOrder carries the engine's interprocess event, which
+// the copies wait for, and returns the backend's own event, which completes when they are done.
+// A call returns only after its copies completed, so callers may publish or release the objects
+// at once; the returned event lets the engine order its own GPU work without a host round trip.
+//
 // Thread safety: a backend is immutable after creation. Concurrent calls are safe as long as no
 // block or object is written by one call while another reads or writes it (concurrent Gathers
 // of the same blocks are fine; a Scatter into blocks another call touches is a data race on the
@@ -18,12 +23,18 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 
 #include "kvtier/common/status.h"
 #include "kvtier/transfer/kv_layout.h"
 
 namespace kvtier::transfer {
+
+struct DeviceOrder {
+  std::optional<protocol::CudaIpcHandle> wait_event;  // in: the engine's event, if any
+  std::optional<protocol::CudaIpcHandle> done_event;  // out: set by device backends
+};
 
 class TransferBackend {
  public:
@@ -36,31 +47,39 @@ class TransferBackend {
   uint64_t object_size() const { return geometry_.object_size; }
   uint32_t chunk_size() const { return geometry_.chunk_size; }
   uint32_t blocks_per_chunk() const { return geometry_.blocks_per_chunk; }
+  // True for backends that move GPU memory and take DeviceOrder events.
+  virtual bool on_device() const { return false; }
 
   // Copies chunks from the engine's cache into `objects` (object i <- the blocks of chunk i).
   // Needs at least objects.size() * blocks_per_chunk() block ids (the ones after are ignored),
   // every used id < num_blocks, and every object exactly object_size() bytes. On an error
-  // nothing is copied.
+  // nothing is copied. `order` (may be null) is for device backends; a wait event given to a
+  // host backend is an error.
   [[nodiscard]] Status Gather(std::span<const uint32_t> block_ids,
-                              std::span<const std::span<uint8_t>> objects);
+                              std::span<const std::span<uint8_t>> objects,
+                              DeviceOrder* order = nullptr);
 
   // The reverse: writes `objects` into the engine's blocks. The first `skip_first_n_tokens`
   // tokens of the range (of objects[0], then objects[1], ...) are not written: the engine
   // already holds them and may be reading them. skip_first_n_tokens may be at most the range's
   // objects.size() * chunk_size() tokens. Same checks as Gather; on an error nothing is written.
   [[nodiscard]] Status Scatter(std::span<const std::span<const uint8_t>> objects,
-                               std::span<const uint32_t> block_ids, uint32_t skip_first_n_tokens);
+                               std::span<const uint32_t> block_ids, uint32_t skip_first_n_tokens,
+                               DeviceOrder* order = nullptr);
 
  protected:
   explicit TransferBackend(const KvGeometry& geometry) : geometry_(geometry) {}
 
  private:
   // Arguments are valid: block_ids.size() == objects.size() * blocks_per_chunk() exactly, ids
-  // in range, sizes exact, objects non-empty, skip_first_n_tokens < the range's tokens.
+  // in range, sizes exact, objects non-empty, skip_first_n_tokens < the range's tokens; `order`
+  // is null for host backends.
   virtual Status GatherImpl(std::span<const uint32_t> block_ids,
-                            std::span<const std::span<uint8_t>> objects) = 0;
+                            std::span<const std::span<uint8_t>> objects, DeviceOrder* order) = 0;
   virtual Status ScatterImpl(std::span<const std::span<const uint8_t>> objects,
-                             std::span<const uint32_t> block_ids, uint32_t skip_first_n_tokens) = 0;
+                             std::span<const uint32_t> block_ids, uint32_t skip_first_n_tokens,
+                             DeviceOrder* order) = 0;
+  Status CheckOrder(const char* op, DeviceOrder*& order) const;
 
   template <typename Span>
   Status Validate(const char* op, std::span<const uint32_t> block_ids,

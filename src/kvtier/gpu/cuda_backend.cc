@@ -1,0 +1,243 @@
+#include "kvtier/gpu/cuda_backend.h"
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+
+#include <cuda_runtime.h>  // the typed cudaMalloc / cudaHostAlloc overloads
+#include <fmt/format.h>
+
+#include "kvtier/common/logging.h"
+
+namespace kvtier::gpu {
+namespace {
+
+// The geometry fields of KvCopyParams (pointers and counts are set per call).
+KvCopyParams MakeKvCopyParams(const transfer::KvGeometry& g) {
+  KvCopyParams p;
+  p.num_layers = g.num_layers;
+  p.planes = g.planes;
+  p.blocks_per_chunk = g.blocks_per_chunk;
+  p.block_size = g.block_size;
+  p.chunk_size = g.chunk_size;
+  p.num_kv_heads = g.num_kv_heads;
+  p.heads_major = g.heads_major();
+  p.row_bytes = g.row_bytes;
+  p.token_bytes = g.token_bytes;
+  p.plane_stride = g.planes > 1 ? g.BlockOffset(1, 0) - g.BlockOffset(0, 0) : 0;
+  p.block_stride = g.num_blocks > 1 ? g.BlockOffset(0, 1) - g.BlockOffset(0, 0) : g.block_bytes;
+  return p;
+}
+
+}  // namespace
+
+CudaBackend::CudaBackend(const transfer::KvGeometry& geometry, int device,
+                         const CudaBackendOptions& options)
+    : TransferBackend(geometry), device_(device), options_(options) {}
+
+Result<std::unique_ptr<CudaBackend>> CudaBackend::Create(
+    const protocol::RegisterKvCacheRequest& request, uint32_t chunk_size,
+    const CudaBackendOptions& options) {
+  KVT_ASSIGN_OR_RETURN(transfer::KvGeometry geometry,
+                       transfer::KvGeometry::Create(request.layout, chunk_size));
+  const auto& handles = request.cuda_ipc_handles;
+  const auto& offsets = request.layout.layer_offsets;
+  if (handles.size() != geometry.num_layers || offsets.size() != geometry.num_layers) {
+    return MakeError(Status::InvalidArgument(
+        fmt::format("cuda registration needs one IPC handle and one offset per layer ({}); got {} "
+                    "and {}",
+                    geometry.num_layers, handles.size(), offsets.size())));
+  }
+  KVT_ASSIGN_OR_RETURN(int device, DeviceOrdinalForUuid(request.device_uuid));
+  std::unique_ptr<CudaBackend> backend(new CudaBackend(geometry, device, options));
+
+  // Open each distinct allocation once; check its layers fit and do not overlap.
+  std::map<protocol::CudaIpcHandle, std::vector<size_t>> layers_of;
+  for (size_t i = 0; i < handles.size(); ++i) layers_of[handles[i]].push_back(i);
+  std::vector<uint64_t> addresses(geometry.num_layers);
+  for (const auto& [handle, layers] : layers_of) {
+    KVT_ASSIGN_OR_RETURN(std::shared_ptr<const IpcMapping> mapping,
+                         IpcMapping::Open(device, handle));
+    std::vector<uint64_t> group;
+    for (size_t layer : layers) group.push_back(offsets[layer]);
+    if (Status s = geometry.CheckLayerExtents(group, mapping->size()); !s.ok()) {
+      return MakeError(Status::InvalidArgument(fmt::format(
+          "layers {} in one {}-byte CUDA allocation: {}", fmt::join(layers, ", "),
+          mapping->size(), s.message())));
+    }
+    for (size_t layer : layers) {
+      addresses[layer] = reinterpret_cast<uint64_t>(mapping->base()) + offsets[layer];
+    }
+    backend->mappings_.push_back(std::move(mapping));
+  }
+  KVT_RETURN_IF_ERROR(backend->Init(addresses));
+  KVT_LOG_INFO("cuda backend for '{}': device {} ({}), {} layers in {} allocations, object {} B",
+               request.instance_id, device, UuidString(request.device_uuid), geometry.num_layers,
+               backend->mappings_.size(), geometry.object_size);
+  return backend;
+}
+
+Result<std::unique_ptr<CudaBackend>> CudaBackend::CreateLocal(const protocol::Layout& layout,
+                                                              uint32_t chunk_size, int device,
+                                                              std::span<void* const> layer_ptrs,
+                                                              const CudaBackendOptions& options) {
+  KVT_ASSIGN_OR_RETURN(transfer::KvGeometry geometry,
+                       transfer::KvGeometry::Create(layout, chunk_size));
+  if (layer_ptrs.size() != geometry.num_layers) {
+    return MakeError(Status::InvalidArgument("one pointer per layer is needed"));
+  }
+  std::unique_ptr<CudaBackend> backend(new CudaBackend(geometry, device, options));
+  std::vector<uint64_t> addresses;
+  for (void* p : layer_ptrs) addresses.push_back(reinterpret_cast<uint64_t>(p));
+  KVT_RETURN_IF_ERROR(backend->Init(addresses));
+  return backend;
+}
+
+Status CudaBackend::Init(std::span<const uint64_t> layer_addresses) {
+  if (options_.host_base == nullptr || options_.host_size == 0) {
+    return Status::FailedPrecondition("the cuda backend needs the L1 host memory range");
+  }
+  if (options_.max_objects_per_launch == 0) {
+    return Status::InvalidArgument("max_objects_per_launch must be > 0");
+  }
+  DeviceGuard guard(device_);
+  KVT_RETURN_IF_ERROR(guard.status());
+  // The kernels write L1 objects through the mapped view of the pinned pool.
+  void* mapped = nullptr;
+  if (cudaError_t err =
+          cudaHostGetDevicePointer(&mapped, const_cast<uint8_t*>(options_.host_base), 0);
+      err != cudaSuccess) {
+    Status s = CudaStatus("cudaHostGetDevicePointer", err);
+    return Status::FailedPrecondition(fmt::format(
+        "the L1 pool is not pinned and mapped for CUDA (was the server started with a GPU "
+        "visible?): {}",
+        s.message()));
+  }
+  host_to_device_ = reinterpret_cast<int64_t>(mapped) - reinterpret_cast<int64_t>(options_.host_base);
+  KVT_CUDA_RETURN_IF_ERROR(cudaMalloc(&dev_layers_, layer_addresses.size() * sizeof(uint64_t)));
+  KVT_CUDA_RETURN_IF_ERROR(cudaMemcpy(dev_layers_, layer_addresses.data(),
+                                      layer_addresses.size() * sizeof(uint64_t),
+                                      cudaMemcpyHostToDevice));
+  params_ = MakeKvCopyParams(geometry());
+  params_.layer_base = dev_layers_;
+  KVT_RETURN_IF_ERROR(InitLane(&gather_lane_));
+  return InitLane(&scatter_lane_);
+}
+
+Status CudaBackend::InitLane(Lane* lane) {
+  const size_t objects = options_.max_objects_per_launch;
+  const size_t ids = objects * blocks_per_chunk();
+  KVT_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&lane->stream, cudaStreamNonBlocking));
+  KVT_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(
+      &lane->done, cudaEventInterprocess | cudaEventDisableTiming | cudaEventBlockingSync));
+  cudaIpcEventHandle_t handle;
+  KVT_CUDA_RETURN_IF_ERROR(cudaIpcGetEventHandle(&handle, lane->done));
+  std::memcpy(lane->done_handle.data(), handle.reserved, lane->done_handle.size());
+  KVT_CUDA_RETURN_IF_ERROR(cudaHostAlloc(&lane->host_ids, ids * sizeof(uint32_t), 0));
+  KVT_CUDA_RETURN_IF_ERROR(cudaHostAlloc(&lane->host_objects, objects * sizeof(uint64_t), 0));
+  KVT_CUDA_RETURN_IF_ERROR(cudaMalloc(&lane->dev_ids, ids * sizeof(uint32_t)));
+  KVT_CUDA_RETURN_IF_ERROR(cudaMalloc(&lane->dev_objects, objects * sizeof(uint64_t)));
+  return Status::OK();
+}
+
+void CudaBackend::DestroyLane(Lane* lane) {
+  if (lane->stream != nullptr) cudaStreamSynchronize(lane->stream);
+  if (lane->dev_objects != nullptr) cudaFree(lane->dev_objects);
+  if (lane->dev_ids != nullptr) cudaFree(lane->dev_ids);
+  if (lane->host_objects != nullptr) cudaFreeHost(lane->host_objects);
+  if (lane->host_ids != nullptr) cudaFreeHost(lane->host_ids);
+  if (lane->done != nullptr) cudaEventDestroy(lane->done);
+  if (lane->stream != nullptr) cudaStreamDestroy(lane->stream);
+}
+
+CudaBackend::~CudaBackend() {
+  DeviceGuard guard(device_);
+  DestroyLane(&gather_lane_);
+  DestroyLane(&scatter_lane_);
+  if (dev_layers_ != nullptr) cudaFree(dev_layers_);
+  cudaGetLastError();
+  // mappings_ close with the last registration that uses them.
+}
+
+Status CudaBackend::GatherImpl(std::span<const uint32_t> block_ids,
+                               std::span<const std::span<uint8_t>> objects,
+                               transfer::DeviceOrder* order) {
+  return Run(/*gather=*/true, &gather_lane_, block_ids, objects, 0, order);
+}
+
+Status CudaBackend::ScatterImpl(std::span<const std::span<const uint8_t>> objects,
+                                std::span<const uint32_t> block_ids, uint32_t skip_first_n_tokens,
+                                transfer::DeviceOrder* order) {
+  return Run(/*gather=*/false, &scatter_lane_, block_ids, objects, skip_first_n_tokens, order);
+}
+
+template <typename Span>
+Status CudaBackend::Run(bool gather, Lane* lane, std::span<const uint32_t> block_ids,
+                        std::span<const Span> objects, uint32_t skip,
+                        transfer::DeviceOrder* order) {
+  const char* op = gather ? "gather" : "scatter";
+  const uint64_t host_begin = reinterpret_cast<uint64_t>(options_.host_base);
+  const uint64_t host_end = host_begin + options_.host_size;
+  for (size_t i = 0; i < objects.size(); ++i) {
+    const uint64_t p = reinterpret_cast<uint64_t>(objects[i].data());
+    if (p < host_begin || p > host_end || objects[i].size() > host_end - p) {
+      return Status::InvalidArgument(
+          fmt::format("{}: object {} is not in the L1 host memory the GPU can reach", op, i));
+    }
+  }
+
+  MutexLock lock(&lane->mu);
+  DeviceGuard guard(device_);
+  KVT_RETURN_IF_ERROR(guard.status());
+  if (order != nullptr && order->wait_event.has_value()) {
+    cudaIpcEventHandle_t h;
+    std::memcpy(h.reserved, order->wait_event->data(), order->wait_event->size());
+    cudaEvent_t engine_event = nullptr;
+    if (cudaError_t err = cudaIpcOpenEventHandle(&engine_event, h); err != cudaSuccess) {
+      Status s = CudaStatus("cudaIpcOpenEventHandle", err);
+      return Status::InvalidArgument(
+          fmt::format("{}: the engine's event_ipc_handle could not be opened: {}", op, s.message()));
+    }
+    const cudaError_t err = cudaStreamWaitEvent(lane->stream, engine_event, 0);
+    cudaEventDestroy(engine_event);  // the wait is enqueued; the event may go
+    if (err != cudaSuccess) return CudaStatus("cudaStreamWaitEvent", err);
+  }
+
+  const uint32_t bpc = blocks_per_chunk();
+  const size_t per_launch = options_.max_objects_per_launch;
+  for (size_t first = 0; first < objects.size(); first += per_launch) {
+    const size_t n = std::min(per_launch, objects.size() - first);
+    if (first > 0) {
+      // The pinned id and pointer arrays are about to be rewritten: the previous upload must
+      // have happened.
+      KVT_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(lane->stream));
+    }
+    std::memcpy(lane->host_ids, block_ids.data() + first * bpc, n * bpc * sizeof(uint32_t));
+    for (size_t i = 0; i < n; ++i) {
+      lane->host_objects[i] =
+          reinterpret_cast<uint64_t>(objects[first + i].data()) + host_to_device_;
+    }
+    KVT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(lane->dev_ids, lane->host_ids,
+                                             n * bpc * sizeof(uint32_t), cudaMemcpyHostToDevice,
+                                             lane->stream));
+    KVT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(lane->dev_objects, lane->host_objects,
+                                             n * sizeof(uint64_t), cudaMemcpyHostToDevice,
+                                             lane->stream));
+    KvCopyParams p = params_;
+    p.block_ids = lane->dev_ids;
+    p.objects = lane->dev_objects;
+    p.num_objects = static_cast<uint32_t>(n);
+    const uint64_t skipped_before = uint64_t{first} * chunk_size();
+    p.skip_tokens = skip > skipped_before ? static_cast<uint32_t>(skip - skipped_before) : 0;
+    KVT_CUDA_RETURN_IF_ERROR(gather ? LaunchGather(p, lane->stream)
+                                    : LaunchScatter(p, lane->stream));
+  }
+  KVT_CUDA_RETURN_IF_ERROR(cudaEventRecord(lane->done, lane->stream));
+  // Blocking (not spinning) wait: the objects must be complete before FinishWrite publishes them,
+  // and the L1 read locks of a scatter are released right after this returns.
+  KVT_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(lane->done));
+  if (order != nullptr) order->done_event = lane->done_handle;
+  return Status::OK();
+}
+
+}  // namespace kvtier::gpu

@@ -1,0 +1,98 @@
+// CudaBackend: the transfer backend for an engine whose paged KV cache lives in GPU memory
+// (REGISTER_KV_CACHE with backend "cuda"). The engine shares each layer's allocation by CUDA
+// IPC memory handle; the server opens the handles on the device with the engine's UUID and moves
+// chunks with the gather/scatter kernels of kv_copy.h, which read and write the L1 objects
+// directly in pinned, mapped host memory (docs/gpu.md says why this beat staging in device
+// memory plus DMA).
+//
+// Ordering: a call makes its stream wait on the engine's interprocess event (DeviceOrder), runs
+// the kernels, records the backend's own interprocess event and waits for it on the host, so the
+// objects are complete (gather) or released (scatter) when the call returns; the event's handle
+// goes back to the engine, whose stream can wait on it.
+//
+// Threading: one stream per direction (gathers on one, scatters on another, so a store and a
+// retrieve overlap); calls in one direction run one at a time. See transfer_backend.h.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include <cuda_runtime_api.h>
+
+#include "kvtier/common/mutex.h"
+#include "kvtier/common/result.h"
+#include "kvtier/common/thread_annotations.h"
+#include "kvtier/gpu/cuda_util.h"
+#include "kvtier/gpu/kv_copy.h"
+#include "kvtier/protocol/messages.h"
+#include "kvtier/transfer/transfer_backend.h"
+
+namespace kvtier::gpu {
+
+struct CudaBackendOptions {
+  // The host memory the objects live in (the L1 pool): registered with CUDA as mapped memory.
+  // Objects outside it are refused.
+  const uint8_t* host_base = nullptr;
+  uint64_t host_size = 0;
+  // Objects per kernel launch (the id and pointer arrays are sized for this many).
+  uint32_t max_objects_per_launch = 256;
+};
+
+class CudaBackend final : public transfer::TransferBackend {
+ public:
+  // Validates the layout, finds the device by UUID, opens every layer's IPC handle (shared with
+  // other registrations of the same allocation) and checks each layer lies inside its
+  // allocation, without overlaps.
+  static Result<std::unique_ptr<CudaBackend>> Create(const protocol::RegisterKvCacheRequest& request,
+                                                     uint32_t chunk_size,
+                                                     const CudaBackendOptions& options);
+  // Layers already addressable in this process (tests, benchmarks): layer_ptrs[i] is layer i.
+  static Result<std::unique_ptr<CudaBackend>> CreateLocal(const protocol::Layout& layout,
+                                                          uint32_t chunk_size, int device,
+                                                          std::span<void* const> layer_ptrs,
+                                                          const CudaBackendOptions& options);
+  ~CudaBackend() override;
+
+  bool on_device() const override { return true; }
+  int device() const { return device_; }
+
+ private:
+  struct Lane {
+    Mutex mu;
+    cudaStream_t stream = nullptr;
+    cudaEvent_t done = nullptr;  // interprocess, blocking sync
+    protocol::CudaIpcHandle done_handle{};
+    uint32_t* host_ids = nullptr;  // pinned
+    uint64_t* host_objects = nullptr;
+    uint32_t* dev_ids = nullptr;
+    uint64_t* dev_objects = nullptr;
+  };
+
+  CudaBackend(const transfer::KvGeometry& geometry, int device, const CudaBackendOptions& options);
+  Status Init(std::span<const uint64_t> layer_addresses);
+  Status InitLane(Lane* lane);
+  void DestroyLane(Lane* lane);
+
+  Status GatherImpl(std::span<const uint32_t> block_ids, std::span<const std::span<uint8_t>> objects,
+                    transfer::DeviceOrder* order) override;
+  Status ScatterImpl(std::span<const std::span<const uint8_t>> objects,
+                     std::span<const uint32_t> block_ids, uint32_t skip_first_n_tokens,
+                     transfer::DeviceOrder* order) override;
+  // Objects as device addresses; kInvalidArgument for one outside the host range.
+  template <typename Span>
+  Status Run(bool gather, Lane* lane, std::span<const uint32_t> block_ids,
+             std::span<const Span> objects, uint32_t skip, transfer::DeviceOrder* order);
+
+  const int device_;
+  const CudaBackendOptions options_;
+  int64_t host_to_device_ = 0;  // device address of host byte p = p + host_to_device_
+  std::vector<std::shared_ptr<const IpcMapping>> mappings_;
+  uint64_t* dev_layers_ = nullptr;
+  KvCopyParams params_;
+  Lane gather_lane_;
+  Lane scatter_lane_;
+};
+
+}  // namespace kvtier::gpu
