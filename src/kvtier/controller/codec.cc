@@ -68,10 +68,11 @@ void Encode(Writer& w, const FullSyncBatch& e) {
   Encode(w, e.groups);
 }
 void Encode(Writer& w, const FullSyncEnd& e) {
-  w.Map(kOriginFields + 2);
+  w.Map(kOriginFields + 3);
   Encode(w, e.origin);
   w.Field("location", e.location);
   w.Field("sync_id", e.sync_id);
+  w.Field("total_keys", e.total_keys);
 }
 
 // ---- Requests ----

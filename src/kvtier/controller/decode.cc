@@ -92,7 +92,9 @@ Status DecodeFields(const MapReader& m, FullSyncBatch* e) {
 Status DecodeFields(const MapReader& m, FullSyncEnd* e) {
   KVT_RETURN_IF_ERROR(DecodeOrigin(m, &e->origin));
   KVT_RETURN_IF_ERROR(DecodeLocation(m, &e->location));
-  return m.Uint("sync_id", Need::kRequired, &e->sync_id, 1);
+  KVT_RETURN_IF_ERROR(m.Uint("sync_id", Need::kRequired, &e->sync_id, 1));
+  return m.Uint("total_keys", Need::kRequired, &e->total_keys, 0,
+                uint64_t{kMaxSyncBatches} * kMaxKeysPerMessage);
 }
 
 // ---- Requests ----

@@ -166,6 +166,7 @@ struct FullSyncEnd {
   Origin origin;
   std::string location;
   uint64_t sync_id = 0;
+  uint64_t total_keys = 0;  // repeats START's: a sync whose counts disagree fails
   friend bool operator==(const FullSyncEnd&, const FullSyncEnd&) = default;
 };
 
