@@ -1,0 +1,32 @@
+// RegistryTree's event counters (RegistryStats). Internal to cluster/.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "kvtier/cluster/registry_tree.h"
+
+namespace kvtier::cluster {
+
+struct RegistryTree::Counters {
+  static void Add(std::atomic<uint64_t>& counter, uint64_t n = 1) {
+    if (n != 0) counter.fetch_add(n, std::memory_order_relaxed);
+  }
+
+  std::atomic<uint64_t> batches_applied{0};
+  std::atomic<uint64_t> keys_admitted{0};
+  std::atomic<uint64_t> keys_evicted{0};
+  std::atomic<uint64_t> seq_gaps{0};
+  std::atomic<uint64_t> stale_batches{0};
+  std::atomic<uint64_t> discarded_during_sync{0};
+  std::atomic<uint64_t> unknown_worker_batches{0};
+  std::atomic<uint64_t> full_syncs_started{0};
+  std::atomic<uint64_t> full_syncs_completed{0};
+  std::atomic<uint64_t> full_syncs_failed{0};
+  std::atomic<uint64_t> sync_batches_duplicate{0};
+  std::atomic<uint64_t> sync_batches_rejected{0};
+  std::atomic<uint64_t> workers_reaped{0};
+  std::atomic<uint64_t> lock_timeouts{0};
+};
+
+}  // namespace kvtier::cluster

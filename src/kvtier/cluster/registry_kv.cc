@@ -1,0 +1,276 @@
+// RegistryTree: incremental updates, lookups, per-worker key lists and clearing.
+#include <algorithm>
+
+#include <absl/container/inlined_vector.h>
+#include <fmt/format.h>
+
+#include "kvtier/cluster/lock_holds.h"
+#include "kvtier/cluster/registry_counters.h"
+#include "kvtier/cluster/registry_tree.h"
+
+namespace kvtier::cluster {
+namespace {
+
+using internal::AdoptFast;
+
+// The defined order of holders: instance id, worker id, location name.
+bool HolderLess(const WorkerNode& a, LocationId a_location, const WorkerNode& b,
+                LocationId b_location, const LocationTable& locations) {
+  if (int c = a.instance_id().compare(b.instance_id()); c != 0) return c < 0;
+  if (a.worker_id() != b.worker_id()) return a.worker_id() < b.worker_id();
+  return locations.Name(a_location) < locations.Name(b_location);
+}
+
+}  // namespace
+
+std::string_view BatchOutcomeName(BatchOutcome outcome) {
+  switch (outcome) {
+    case BatchOutcome::kApplied:
+      return "applied";
+    case BatchOutcome::kAppliedAfterGap:
+      return "applied_after_gap";
+    case BatchOutcome::kIgnoredStale:
+      return "ignored_stale";
+    case BatchOutcome::kDiscardedSyncing:
+      return "discarded_syncing";
+  }
+  return "unknown";
+}
+
+Result<BatchResult> RegistryTree::ApplyBatch(std::string_view instance_id, WorkerId worker_id,
+                                             std::string_view location, uint64_t seq,
+                                             std::span<const IndexOp> ops) {
+  Counters& c = *counters_;
+  auto node = FindWorker(instance_id, worker_id);
+  if (!node.has_value()) {
+    if (node.error().code() == StatusCode::kNotFound) Counters::Add(c.unknown_worker_batches);
+    return MakeError(std::move(node).error());
+  }
+  KVT_ASSIGN_OR_RETURN(LocationId location_id, locations_.Intern(location));
+  WorkerNode& worker = **node;
+  if (!worker.lock().Acquire(options_.lock_timeout)) return LockTimeoutError("worker");
+  AdoptFast hold(&worker.lock());
+  if (worker.removed()) {
+    Counters::Add(c.unknown_worker_batches);
+    return MakeError(Status::NotFound(
+        fmt::format("cluster registry: unknown worker {}/{}", instance_id, worker_id)));
+  }
+  KVT_ASSIGN_OR_RETURN(BatchResult result, worker.ApplyBatch(location_id, seq, ops, index_));
+  switch (result.outcome) {
+    case BatchOutcome::kAppliedAfterGap:
+      Counters::Add(c.seq_gaps);
+      [[fallthrough]];
+    case BatchOutcome::kApplied:
+      Counters::Add(c.batches_applied);
+      Counters::Add(c.keys_admitted, result.keys_added);
+      Counters::Add(c.keys_evicted, result.keys_removed);
+      break;
+    case BatchOutcome::kIgnoredStale:
+      Counters::Add(c.stale_batches);
+      break;
+    case BatchOutcome::kDiscardedSyncing:
+      Counters::Add(c.discarded_during_sync);
+      break;
+  }
+  return result;
+}
+
+Result<BatchResult> RegistryTree::Admit(std::string_view instance_id, WorkerId worker_id,
+                                        std::string_view location, uint64_t seq,
+                                        std::span<const ObjectKey> keys) {
+  thread_local std::vector<IndexOp> ops;
+  ops.resize(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) ops[i] = IndexOp{&keys[i], true};
+  return ApplyBatch(instance_id, worker_id, location, seq, ops);
+}
+
+Result<BatchResult> RegistryTree::Evict(std::string_view instance_id, WorkerId worker_id,
+                                        std::string_view location, uint64_t seq,
+                                        std::span<const ObjectKey> keys) {
+  thread_local std::vector<IndexOp> ops;
+  ops.resize(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) ops[i] = IndexOp{&keys[i], false};
+  return ApplyBatch(instance_id, worker_id, location, seq, ops);
+}
+
+Result<BatchResult> RegistryTree::ApplyOps(std::string_view instance_id, WorkerId worker_id,
+                                           std::string_view location, uint64_t seq,
+                                           std::span<const KvOp> kv_ops) {
+  thread_local std::vector<IndexOp> ops;
+  ops.resize(kv_ops.size());
+  for (size_t i = 0; i < kv_ops.size(); ++i) {
+    ops[i] = IndexOp{&kv_ops[i].key, kv_ops[i].type == KvOpType::kAdmit};
+  }
+  return ApplyBatch(instance_id, worker_id, location, seq, ops);
+}
+
+std::optional<KvHolder> RegistryTree::FindKv(const ObjectKey& key,
+                                             std::string_view exclude_instance) const {
+  std::optional<KvHolder> found;
+  index_.VisitHolders(key, key.Hash(), [&](std::span<const Holder> holders) {
+    const WorkerNode* best = nullptr;
+    LocationId best_location = 0;
+    for (Holder h : holders) {
+      const WorkerNode* node = NodeAt(HolderSlot(h));
+      if (!exclude_instance.empty() && node->instance_id() == exclude_instance) continue;
+      if (best == nullptr ||
+          HolderLess(*node, HolderLocation(h), *best, best_location, locations_)) {
+        best = node;
+        best_location = HolderLocation(h);
+      }
+    }
+    if (best != nullptr) {
+      found = KvHolder{best->instance_id(), best->worker_id(), locations_.Name(best_location)};
+    }
+  });
+  return found;
+}
+
+std::vector<KvHolder> RegistryTree::FindKvAll(const ObjectKey& key,
+                                              std::string_view exclude_instance) const {
+  std::vector<KvHolder> all;
+  index_.VisitHolders(key, key.Hash(), [&](std::span<const Holder> holders) {
+    for (Holder h : holders) {
+      const WorkerNode* node = NodeAt(HolderSlot(h));
+      if (!exclude_instance.empty() && node->instance_id() == exclude_instance) continue;
+      all.push_back(
+          KvHolder{node->instance_id(), node->worker_id(), locations_.Name(HolderLocation(h))});
+    }
+  });
+  std::sort(all.begin(), all.end(), [](const KvHolder& a, const KvHolder& b) {
+    return std::tie(a.instance_id, a.worker_id, a.location) <
+           std::tie(b.instance_id, b.worker_id, b.location);
+  });
+  return all;
+}
+
+Result<std::optional<PeerMatch>> RegistryTree::FindKvWithWorkerInfo(
+    std::span<const ObjectKey> keys, std::string_view exclude_instance) const {
+  if (keys.empty()) return std::nullopt;
+  struct Candidate {
+    std::shared_ptr<WorkerNode> node;
+    LocationId location;
+  };
+  absl::InlinedVector<Candidate, 4> candidates;
+  index_.VisitHolders(keys[0], keys[0].Hash(), [&](std::span<const Holder> holders) {
+    for (Holder h : holders) {
+      WorkerNode* node = NodeAt(HolderSlot(h));
+      if (!exclude_instance.empty() && node->instance_id() == exclude_instance) continue;
+      // Pinned while the shard lock keeps the node alive.
+      candidates.push_back(Candidate{node->shared_from_this(), HolderLocation(h)});
+    }
+  });
+  std::sort(candidates.begin(), candidates.end(), [&](const Candidate& a, const Candidate& b) {
+    return HolderLess(*a.node, a.location, *b.node, b.location, locations_);
+  });
+  std::vector<size_t> hashes(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) hashes[i] = keys[i].Hash();
+  std::optional<PeerMatch> best;
+  for (const Candidate& cand : candidates) {
+    WorkerNode& node = *cand.node;
+    if (!node.lock().Acquire(options_.lock_timeout)) return LockTimeoutError("worker");
+    AdoptFast hold(&node.lock());
+    if (node.removed()) continue;
+    // Under the worker lock its holders cannot change: the run is a snapshot of its key set.
+    const Holder holder = node.HolderAt(cand.location);
+    uint32_t run = 0;
+    while (run < keys.size() && index_.Contains(keys[run], hashes[run], holder)) ++run;
+    if (run > 0 && (!best.has_value() || run > best->num_hit_chunks)) {
+      best =
+          PeerMatch{KvHolder{node.instance_id(), node.worker_id(), locations_.Name(cand.location)},
+                    node.address(), run};
+    }
+  }
+  return best;
+}
+
+std::vector<PrefixMatch> RegistryTree::PrefixLookup(std::span<const ObjectKey> keys) const {
+  struct Run {
+    uint64_t uid;
+    std::string instance_id;
+    uint32_t chunks;
+  };
+  absl::InlinedVector<Run, 8> runs;
+  if (keys.empty()) return {};
+  index_.VisitHolders(keys[0], keys[0].Hash(), [&](std::span<const Holder> holders) {
+    for (Holder h : holders) {
+      const WorkerNode* node = NodeAt(HolderSlot(h));
+      const uint64_t uid = node->instance_uid();
+      bool known =
+          std::any_of(runs.begin(), runs.end(), [&](const Run& r) { return r.uid == uid; });
+      if (!known) runs.push_back(Run{uid, node->instance_id(), 1});
+    }
+  });
+  size_t alive = runs.size();
+  for (size_t i = 1; i < keys.size() && alive > 0; ++i) {
+    alive = 0;
+    index_.VisitHolders(keys[i], keys[i].Hash(), [&](std::span<const Holder> holders) {
+      for (Holder h : holders) {
+        const uint64_t uid = NodeAt(HolderSlot(h))->instance_uid();
+        for (Run& r : runs) {
+          // Only runs unbroken through chunk i - 1 extend; each instance once per chunk.
+          if (r.uid == uid && r.chunks == i) {
+            r.chunks = static_cast<uint32_t>(i + 1);
+            ++alive;
+          }
+        }
+      }
+    });
+  }
+  std::sort(runs.begin(), runs.end(), [](const Run& a, const Run& b) {
+    if (a.chunks != b.chunks) return a.chunks > b.chunks;
+    return a.instance_id < b.instance_id;
+  });
+  std::vector<PrefixMatch> matches;
+  matches.reserve(runs.size());
+  for (Run& r : runs) matches.push_back(PrefixMatch{std::move(r.instance_id), r.chunks});
+  return matches;
+}
+
+Result<std::vector<ObjectKey>> RegistryTree::ListWorkerKeys(std::string_view instance_id,
+                                                            WorkerId worker_id,
+                                                            std::string_view location) const {
+  KVT_ASSIGN_OR_RETURN(auto node, FindWorker(instance_id, worker_id));
+  std::vector<ObjectKey> keys;
+  const std::optional<LocationId> location_id = locations_.Find(location);
+  if (!node->lock().Acquire(options_.lock_timeout)) return LockTimeoutError("worker");
+  AdoptFast hold(&node->lock());
+  if (node->removed()) {
+    return MakeError(Status::NotFound(
+        fmt::format("cluster registry: unknown worker {}/{}", instance_id, worker_id)));
+  }
+  if (!location_id.has_value()) return keys;
+  std::vector<KeyRef> refs = node->Refs(*location_id);
+  index_.KeysOf(refs, &keys);  // the refs stay valid while the worker lock is held
+  return keys;
+}
+
+Result<uint64_t> RegistryTree::ClearWorker(std::string_view instance_id, WorkerId worker_id,
+                                           std::optional<std::string_view> location) {
+  KVT_ASSIGN_OR_RETURN(auto node, FindWorker(instance_id, worker_id));
+  std::optional<LocationId> location_id;
+  if (location.has_value()) {
+    location_id = locations_.Find(*location);
+    if (!location_id.has_value()) return uint64_t{0};  // never reported by anyone
+  }
+  if (!node->lock().Acquire(options_.lock_timeout)) return LockTimeoutError("worker");
+  AdoptFast hold(&node->lock());
+  if (node->removed()) {
+    return MakeError(Status::NotFound(
+        fmt::format("cluster registry: unknown worker {}/{}", instance_id, worker_id)));
+  }
+  return node->ClearKeys(location_id, index_);
+}
+
+Result<uint64_t> RegistryTree::Clear() {
+  KVT_ASSIGN_OR_RETURN(auto nodes, SnapshotNodes());
+  uint64_t removed = 0;
+  for (const auto& node : nodes) {
+    if (!node->lock().Acquire(options_.lock_timeout)) return LockTimeoutError("worker");
+    AdoptFast hold(&node->lock());
+    if (!node->removed()) removed += node->ClearKeys(std::nullopt, index_);
+  }
+  return removed;
+}
+
+}  // namespace kvtier::cluster

@@ -1,0 +1,257 @@
+// RegistryTree: the cluster controller's index of which worker of which kvtier instance holds
+// which chunk key at which storage location. See docs/cluster_registry.md.
+//
+// Shape: RegistryTree -> InstanceNode (one kvtier server) -> WorkerNode (one reporting unit)
+// -> per-location key sets, plus a reverse index key -> holders that makes FindKv, FindKvAll,
+// PrefixLookup and the total key count independent of the number of workers.
+//
+// Every method is thread-safe. Results are copies made under the relevant locks; nothing
+// returned refers into live state. A call that has to wait longer than
+// RegistryOptions::lock_timeout for a registry, instance or worker lock gives up with
+// kLockTimeout (retryable) and changes nothing.
+//
+// Lock order (a thread holds locks only in this order, and at most one of each level):
+//   1. RegistryTree::tree_lock_      RWLock  the instance map
+//   2. InstanceNode::lock_           RWLock  the instance's worker map
+//   3. WorkerNode::lock_             FastLock the worker's key sets, sequence and sync state
+//   4. ReverseIndex shard lock       FastLock one shard of the reverse index
+// Leaves, under which nothing else is acquired: slots_mu_, LocationTable's mutex, info_mu_.
+// Lookups (FindKv, FindKvAll, PrefixLookup) take only shard locks. A worker's holders change
+// only under its worker lock, so a worker's key sets equal its holders in the reverse index
+// whenever its lock is free.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <absl/container/flat_hash_map.h>
+
+#include "kvtier/cluster/location_table.h"
+#include "kvtier/cluster/reverse_index.h"
+#include "kvtier/cluster/types.h"
+#include "kvtier/cluster/worker_node.h"
+#include "kvtier/common/mutex.h"
+#include "kvtier/common/result.h"
+#include "kvtier/sync/rw_lock.h"
+
+namespace kvtier::cluster {
+
+// One kvtier instance: its workers by id.
+class InstanceNode {
+ public:
+  InstanceNode(std::string id, uint64_t uid) : id_(std::move(id)), uid_(uid) {}
+  InstanceNode(const InstanceNode&) = delete;
+  InstanceNode& operator=(const InstanceNode&) = delete;
+
+  const std::string& id() const { return id_; }
+  uint64_t uid() const { return uid_; }
+  sync::RWLock& lock() const KVT_RETURN_CAPABILITY(lock_) { return lock_; }
+
+  std::shared_ptr<WorkerNode> Find(WorkerId worker_id) const KVT_REQUIRES_SHARED(lock_);
+  // Inserts or replaces; returns the node it replaced.
+  std::shared_ptr<WorkerNode> Put(std::shared_ptr<WorkerNode> node) KVT_REQUIRES(lock_);
+  std::shared_ptr<WorkerNode> Remove(WorkerId worker_id) KVT_REQUIRES(lock_);
+  bool empty() const KVT_REQUIRES_SHARED(lock_) { return workers_.empty(); }
+  void AppendWorkers(std::vector<std::shared_ptr<WorkerNode>>* out) const
+      KVT_REQUIRES_SHARED(lock_);
+
+ private:
+  const std::string id_;
+  const uint64_t uid_;
+  mutable sync::RWLock lock_;
+  absl::flat_hash_map<WorkerId, std::shared_ptr<WorkerNode>> workers_ KVT_GUARDED_BY(lock_);
+};
+
+struct RemovedWorkers {
+  uint32_t workers = 0;
+  uint64_t keys_removed = 0;  // holders dropped
+};
+
+class RegistryTree {
+ public:
+  static Result<std::unique_ptr<RegistryTree>> Create(const RegistryOptions& options = {});
+  ~RegistryTree();
+  RegistryTree(const RegistryTree&) = delete;
+  RegistryTree& operator=(const RegistryTree&) = delete;
+
+  // ---- Registration and liveness.
+
+  // Registers a worker (creating its instance). Registering an (instance, worker) again
+  // replaces it: the new address applies, and the old registration's keys, sequence trackers
+  // and sync state are dropped (the worker is expected to full-sync).
+  Result<RegisterResult> RegisterWorker(const WorkerRegistration& registration);
+  // kNotFound for an unknown worker or instance. An instance leaves with its last worker.
+  Result<RemovedWorkers> DeregisterWorker(std::string_view instance_id, WorkerId worker_id);
+  Result<RemovedWorkers> DeregisterInstance(std::string_view instance_id);
+  // Refreshes the worker's last-seen time. kNotFound for an unknown worker: the caller should
+  // register it (and ask for a full sync).
+  Status Heartbeat(std::string_view instance_id, WorkerId worker_id);
+  // Deregisters every worker that expects heartbeats and has not sent one for longer than
+  // `timeout`, and returns them: the caller must log them.
+  Result<std::vector<ReapedWorker>> ReapDead(Duration timeout);
+
+  // ---- Incremental updates from a worker, one batch per call.
+  //
+  // `seq` numbers the batches of one (instance, worker, location) stream: 0, 1, 2, ...
+  // (docs/cluster_registry.md has the rules). kNotFound when the worker is not registered
+  // (the batch is dropped and counted); kInvalidArgument / kResourceExhausted for a bad or
+  // excess location name.
+
+  Result<BatchResult> Admit(std::string_view instance_id, WorkerId worker_id,
+                            std::string_view location, uint64_t seq,
+                            std::span<const ObjectKey> keys);
+  Result<BatchResult> Evict(std::string_view instance_id, WorkerId worker_id,
+                            std::string_view location, uint64_t seq,
+                            std::span<const ObjectKey> keys);
+  // Admits and evicts mixed, applied in order.
+  Result<BatchResult> ApplyOps(std::string_view instance_id, WorkerId worker_id,
+                               std::string_view location, uint64_t seq, std::span<const KvOp> ops);
+
+  // ---- Full sync of one worker's location (state machine in docs/cluster_registry.md).
+
+  // Starts (or, with the same sync id, restarts) a sync: the location's keys are dropped at
+  // once and rebuilt from the sync batches; incremental batches for the location are discarded
+  // until the sync completes. kFailedPrecondition while another sync id is in progress and not
+  // past its deadline.
+  Status StartFullSync(std::string_view instance_id, WorkerId worker_id, std::string_view location,
+                       std::string_view sync_id, uint64_t expected_total_keys,
+                       uint32_t expected_batch_count);
+  // Adds batch `batch_index` (0-based) of the sync. A batch index seen before is ignored
+  // (result.duplicate). kFailedPrecondition when no such sync is in progress.
+  Result<SyncBatchResult> AddFullSyncBatch(std::string_view instance_id, WorkerId worker_id,
+                                           std::string_view location, std::string_view sync_id,
+                                           uint32_t batch_index, std::span<const ObjectKey> keys);
+  // Completes the sync when every batch arrived; otherwise it stays SYNCING and the result
+  // lists the missing batches to resend before ending again.
+  Result<SyncEndResult> EndFullSync(std::string_view instance_id, WorkerId worker_id,
+                                    std::string_view location, std::string_view sync_id,
+                                    uint64_t actual_total_keys);
+  // The worker's latest sync (state kIdle and empty fields when it never synced).
+  Result<WorkerSyncInfo> GetSyncInfo(std::string_view instance_id, WorkerId worker_id) const;
+  // Turns every SYNCING session past its deadline into FAILED and returns them, so the caller
+  // can log and ask those workers to sync again. Call it periodically (e.g. from the health
+  // loop).
+  Result<std::vector<ExpiredSync>> ExpireSyncs();
+
+  // ---- Lookups. They take only reverse-index shard locks and never wait on a worker.
+
+  // The first holder of `key` in (instance id, worker id, location) order, skipping the
+  // instance `exclude_instance` (none when empty).
+  std::optional<KvHolder> FindKv(const ObjectKey& key,
+                                 std::string_view exclude_instance = {}) const;
+  // Every holder of `key`, in (instance id, worker id, location) order.
+  std::vector<KvHolder> FindKvAll(const ObjectKey& key,
+                                  std::string_view exclude_instance = {}) const;
+  // The peer to fetch the prefix `keys` from: of the holders of keys[0] outside
+  // `exclude_instance`, the (worker, location) holding the longest run of leading keys (ties
+  // go to the (instance, worker, location) order). The run is counted under that worker's
+  // lock. std::nullopt when nobody else holds keys[0] (or `keys` is empty).
+  Result<std::optional<PeerMatch>> FindKvWithWorkerInfo(
+      std::span<const ObjectKey> keys, std::string_view exclude_instance = {}) const;
+  // For each instance that holds keys[0]: how many contiguous leading keys it holds (any of
+  // its workers, any location). Longest first, then by instance id. Empty when nobody holds
+  // keys[0]. A lookup concurrent with updates sees each key at some point during the call.
+  std::vector<PrefixMatch> PrefixLookup(std::span<const ObjectKey> keys) const;
+  // Distinct keys in the index. O(1).
+  uint64_t TotalKeyCount() const { return index_.size(); }
+
+  // ---- Per-worker views and clearing.
+
+  // A copy of the worker's keys at `location` (empty for a location it never reported).
+  Result<std::vector<ObjectKey>> ListWorkerKeys(std::string_view instance_id, WorkerId worker_id,
+                                                std::string_view location) const;
+  // Drops the worker's keys at `location` (all locations when absent) and resets the sequence
+  // tracker(s). Returns the holders removed.
+  Result<uint64_t> ClearWorker(std::string_view instance_id, WorkerId worker_id,
+                               std::optional<std::string_view> location = std::nullopt);
+  // Drops every key of every worker (registrations stay). Returns the holders removed.
+  Result<uint64_t> Clear();
+
+  // ---- Admin.
+
+  Result<WorkerInfo> GetWorkerInfo(std::string_view instance_id, WorkerId worker_id) const;
+  // Every worker, by (instance id, worker id). Served from a snapshot at most `max_age` old;
+  // any registration or deregistration since invalidates it (so the worker list itself is
+  // never stale, only counters and times up to max_age). Duration::zero() always rebuilds.
+  Result<std::shared_ptr<const std::vector<WorkerInfo>>> WorkerInfos(Duration max_age) const;
+  std::vector<std::string> InstanceIds() const;  // sorted
+  // Sorted; kNotFound for an unknown instance.
+  Result<std::vector<WorkerId>> WorkerIds(std::string_view instance_id) const;
+  RegistryStats Stats() const;    // O(1)
+  RegistryMemory Memory() const;  // walks every shard and worker
+  // Verifies that the reverse index equals the union of the workers' key sets and that the
+  // counts agree. O(keys); meaningful only while no update is in flight (tests, debugging).
+  Status CheckConsistency() const;
+
+  const RegistryOptions& options() const { return options_; }
+
+ private:
+  struct Counters;
+
+  explicit RegistryTree(const RegistryOptions& options);
+
+  // A kLockTimeout error (counted), convertible to Status and to any Result<T>.
+  ::kvtier::internal::ReturnedError LockTimeoutError(std::string_view what) const;
+  InstanceNode* FindInstance(std::string_view instance_id) const KVT_REQUIRES_SHARED(tree_lock_);
+  // The live node of a worker (pinned). kNotFound or kLockTimeout.
+  Result<std::shared_ptr<WorkerNode>> FindWorker(std::string_view instance_id,
+                                                 WorkerId worker_id) const;
+  // Every worker node, pinned, sorted by (instance id, worker id).
+  Result<std::vector<std::shared_ptr<WorkerNode>>> SnapshotNodes() const;
+  // Makes the node of `r` (slot `slot`) and puts it into `instance`; returns the node it
+  // replaced (null when new) or kLockTimeout.
+  Result<std::shared_ptr<WorkerNode>> PutNode(InstanceNode* instance, const WorkerRegistration& r,
+                                              uint32_t slot, TimePoint now)
+      KVT_REQUIRES_SHARED(tree_lock_);
+  // Removes `instance_id` from the tree when it has no workers left.
+  void RemoveInstanceIfEmpty(std::string_view instance_id);
+  // Drops a node that has left the tree: marks it removed, drops its holders, frees its slot.
+  uint64_t RetireNode(const std::shared_ptr<WorkerNode>& node);
+  Result<BatchResult> ApplyBatch(std::string_view instance_id, WorkerId worker_id,
+                                 std::string_view location, uint64_t seq,
+                                 std::span<const IndexOp> ops);
+
+  Result<uint32_t> AllocateSlot() KVT_EXCLUDES(slots_mu_);
+  void ReleaseSlot(uint32_t slot) KVT_EXCLUDES(slots_mu_);
+  // The node of a slot that a holder read under its shard lock names. The node stays alive at
+  // least until that shard lock is released: a node's holders all leave the index (under the
+  // shard locks) before its slot is cleared and the node can be destroyed.
+  WorkerNode* NodeAt(uint32_t slot) const;
+
+  const RegistryOptions options_;
+  Clock* const clock_;
+
+  mutable sync::RWLock tree_lock_;
+  absl::flat_hash_map<std::string, std::unique_ptr<InstanceNode>> instances_
+      KVT_GUARDED_BY(tree_lock_);
+  std::atomic<uint64_t> next_instance_uid_{1};
+
+  ReverseIndex index_;
+  LocationTable locations_;
+
+  // slot -> node of every registered worker (nullptr when free). Set before a node enters the
+  // tree, cleared after its holders left the index.
+  std::unique_ptr<std::atomic<WorkerNode*>[]> slots_;
+  Mutex slots_mu_;
+  std::vector<uint32_t> free_slots_ KVT_GUARDED_BY(slots_mu_);
+  uint32_t next_slot_ KVT_GUARDED_BY(slots_mu_) = 0;
+
+  // Bumped by every registration and deregistration (invalidates the worker-info snapshot).
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int64_t> num_instances_{0};
+  std::atomic<int64_t> num_workers_{0};
+  std::unique_ptr<Counters> counters_;
+
+  mutable Mutex info_mu_;
+  mutable std::shared_ptr<const std::vector<WorkerInfo>> info_cache_ KVT_GUARDED_BY(info_mu_);
+  mutable uint64_t info_generation_ KVT_GUARDED_BY(info_mu_) = 0;
+  mutable TimePoint info_time_ KVT_GUARDED_BY(info_mu_){};
+};
+
+}  // namespace kvtier::cluster
