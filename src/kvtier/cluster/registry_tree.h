@@ -193,6 +193,7 @@ class RegistryTree {
 
  private:
   struct Counters;
+  friend class RegistryTreeTestPeer;  // tests: holds the tree lock to provoke timeouts
 
   explicit RegistryTree(const RegistryOptions& options);
 
