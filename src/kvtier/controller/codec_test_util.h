@@ -87,7 +87,7 @@ inline std::vector<std::pair<std::string, Reply>> SampleReplies() {
        HeartbeatReply{0xbeefULL,
                       5000,
                       {Command{CommandKind::kFullSync, "", "fs", "seq_gap"},
-                       Command{CommandKind::kReregister, "", "", "unknown registration"},
+                       Command{CommandKind::kReregister, "", "", "unknown_registration"},
                        Command{CommandKind::kUnknown, "compact", "", "from the future"}}}},
       {"FULL_SYNC_STATUS_REPLY", FullSyncStatusReply{SyncState::kMissing, 10, 7, {1, 4, 9}, ""}},
       {"LOOKUP_REPLY", LookupReply{{{"node-a", "tcp://10.0.0.7:5600", 5}, {"node-c", "", 2}}}},
