@@ -9,5 +9,6 @@ Status RunSyncSuite(const SuiteOptions& options, Reporter* reporter);  // sync_s
 Status RunL1Suite(const SuiteOptions& options, Reporter* reporter);    // l1_suite.cc
 Status RunL2Suite(const SuiteOptions& options, Reporter* reporter);    // l2_suite.cc
 Status RunServerSuite(const SuiteOptions& options, Reporter* reporter);  // server_suite.cc
+Status RunGpuSuite(const SuiteOptions& options, Reporter* reporter);     // gpu_suite.cc
 
 }  // namespace kvtier::bench

@@ -7,7 +7,8 @@
 #   bash scripts/gpu_run.sh [build|test|bench|all|configure]      (default: all)
 #     configure  unpack the bundle and configure build/gpu
 #     build      configure, then build kvtier, gpu_tests and the Python module _kvtier
-#     test       build, then ctest -L gpu
+#     test       build, then ctest -L gpu and the kernel tests under compute-sanitizer
+#                (memcheck, racecheck)
 #     bench      build, then `kvtier bench gpu --json` (skipped while there is no gpu suite)
 #     all        build, test and bench (bench runs even when a test fails; the status is the
 #                first failure's)
@@ -414,8 +415,24 @@ strict_audit() {
 
 do_test() {
   log "running the GPU tests (ctest -L gpu)"
+  local rc=0
   run_logged "$LOG_DIR/ctest-gpu.log" ctest --test-dir "$BUILD_DIR" -L gpu --output-on-failure \
-    --output-junit "$LOG_DIR/ctest-gpu.xml"
+    --output-junit "$LOG_DIR/ctest-gpu.xml" || rc=$?
+  # The kernel tests again under compute-sanitizer: memcheck (out-of-bounds and misaligned
+  # accesses, leaks) and racecheck (shared-memory hazards), failing on any report.
+  local sanitizer test_bin="$BUILD_DIR/src/kvtier/gpu/gpu_backend_test"
+  sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+  if [ -z "$sanitizer" ]; then
+    log "compute-sanitizer not found: skipping the sanitizer runs"
+  elif [ -x "$test_bin" ]; then
+    local tool
+    for tool in memcheck racecheck; do
+      log "compute-sanitizer --tool $tool gpu_backend_test"
+      run_logged "$LOG_DIR/sanitizer-$tool.log" "$sanitizer" --tool "$tool" --error-exitcode 99 \
+        "$test_bin" || rc=$?
+    done
+  fi
+  return $rc
 }
 
 do_bench() {

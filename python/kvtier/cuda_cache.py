@@ -19,6 +19,7 @@ Layouts per layer (row-major, H = num_kv_heads, D = head_dim, NB = num_blocks, B
     kv_hnd     [2, NB, H, BS, D]
     nb_kv_hnd  [NB, 2, H, BS, D]
     mla        [NB, BS, D]
+    cross_layer [NB, L, 2, BS, H, D]  one tensor for all layers (pass ``kv_caches=[tensor]``)
 
 Every layer must be contiguous, with the same shape, dtype and device. The engine must keep the
 tensors (and their memory) alive while registered; the server maps them until unregister, or
@@ -30,7 +31,9 @@ from __future__ import annotations
 import uuid as _uuid
 from typing import Any
 
-from kvtier.host_cache import FORMATS
+from kvtier.host_cache import FORMATS as _HOST_FORMATS
+
+FORMATS = (*_HOST_FORMATS, "cross_layer")
 
 _TORCH_DTYPES = {
     "bfloat16": "bf16",
@@ -77,6 +80,12 @@ def layout_of(kv_caches: list[Any], fmt: str) -> dict[str, Any]:
     if dtype is None:
         raise ValueError(f"dtype {first.dtype} is not supported ({', '.join(_TORCH_DTYPES)})")
     shape = tuple(first.shape)
+    if fmt == "cross_layer":
+        if len(kv_caches) != 1 or len(shape) != 6 or shape[2] != 2:
+            raise ValueError("format cross_layer takes one [NB, L, 2, BS, H, D] tensor")
+        nb, layers, _, bs, h, d = shape
+        return {"num_layers": layers, "num_blocks": nb, "block_size": bs, "num_kv_heads": h,
+                "head_dim": d, "dtype": dtype, "format": fmt, "layer_offsets": []}
     expected_rank = 3 if fmt == "mla" else 5
     if len(shape) != expected_rank:
         raise ValueError(f"format {fmt} needs {expected_rank}-d tensors, got shape {shape}")
@@ -171,6 +180,10 @@ class CudaKvCache:
             handle, offset = ipc_handle_of(t)
             handles.append(handle)
             self.layout["layer_offsets"].append(offset)
+        if format == "cross_layer":  # every layer names the one tensor's base
+            n = self.layout["num_layers"]
+            handles = handles * n
+            self.layout["layer_offsets"] = self.layout["layer_offsets"] * n
         self.handles = handles
         self.device_uuid = device_uuid(self.device)
         self._event = torch.cuda.Event(interprocess=True)

@@ -66,7 +66,8 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::Create(
           mapping->size(), s.message())));
     }
     for (size_t layer : layers) {
-      addresses[layer] = reinterpret_cast<uint64_t>(mapping->base()) + offsets[layer];
+      addresses[layer] = reinterpret_cast<uint64_t>(mapping->base()) + offsets[layer] +
+                         geometry.LayerBase(static_cast<uint32_t>(layer));
     }
     backend->mappings_.push_back(std::move(mapping));
   }
@@ -88,7 +89,10 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::CreateLocal(const protocol::La
   }
   std::unique_ptr<CudaBackend> backend(new CudaBackend(geometry, device, options));
   std::vector<uint64_t> addresses;
-  for (void* p : layer_ptrs) addresses.push_back(reinterpret_cast<uint64_t>(p));
+  for (size_t l = 0; l < layer_ptrs.size(); ++l) {
+    addresses.push_back(reinterpret_cast<uint64_t>(layer_ptrs[l]) +
+                        geometry.LayerBase(static_cast<uint32_t>(l)));
+  }
   KVT_RETURN_IF_ERROR(backend->Init(addresses));
   return backend;
 }

@@ -48,7 +48,8 @@ class CudaBackend final : public transfer::TransferBackend {
   static Result<std::unique_ptr<CudaBackend>> Create(const protocol::RegisterKvCacheRequest& request,
                                                      uint32_t chunk_size,
                                                      const CudaBackendOptions& options);
-  // Layers already addressable in this process (tests, benchmarks): layer_ptrs[i] is layer i.
+  // Layers already addressable in this process (tests, benchmarks): layer_ptrs[i] is where
+  // layer i's layer_offsets entry points (for cross_layer, the tensor's base every time).
   static Result<std::unique_ptr<CudaBackend>> CreateLocal(const protocol::Layout& layout,
                                                           uint32_t chunk_size, int device,
                                                           std::span<void* const> layer_ptrs,

@@ -71,7 +71,7 @@ struct Case {
 std::vector<Case> Cases() {
   std::vector<Case> out;
   for (KvFormat f : {KvFormat::kKvNhd, KvFormat::kNbKvNhd, KvFormat::kKvHnd, KvFormat::kNbKvHnd,
-                     KvFormat::kMla}) {
+                     KvFormat::kMla, KvFormat::kCrossLayer}) {
     for (DType d : {DType::kBf16, DType::kFp8E4m3, DType::kFp32}) {
       for (bool aligned : {true, false}) {
         TestSpec s;
@@ -90,7 +90,7 @@ std::vector<Case> Cases() {
     }
   }
   // Production sizes: Llama-3.1-8B per-layer blocks (32 KiB) and DeepSeek MLA rows (576).
-  for (KvFormat f : {KvFormat::kKvNhd, KvFormat::kKvHnd}) {
+  for (KvFormat f : {KvFormat::kKvNhd, KvFormat::kKvHnd, KvFormat::kCrossLayer}) {
     TestSpec s{f, DType::kBf16, 2, 40, 16, 8, 128, 256, true};
     out.push_back({s, fmt::format("llama_{}", protocol::KvFormatName(f))});
   }

@@ -735,7 +735,7 @@ TEST(DecodeRequestTest, RegisterRules) {
                       "fp8_e4m3, fp8_e5m2");
   ExpectProtocolError(register_with("layout.format", Str("nhd")),
                       "field 'layout.format' is 'nhd', expected one of: kv_nhd, nb_kv_nhd, "
-                      "kv_hnd, nb_kv_hnd, mla");
+                      "kv_hnd, nb_kv_hnd, mla, cross_layer");
   ExpectProtocolError(register_with("backend", Str("tpu")),
                       "field 'backend' is 'tpu', expected one of: host, cuda");
   ExpectProtocolError(register_with("worker_rank", Uint(2)),

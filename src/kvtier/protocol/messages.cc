@@ -14,12 +14,13 @@ constexpr std::array<std::pair<DType, const char*>, 5> kDTypeNames = {{
     {DType::kFp8E5m2, "fp8_e5m2"},
 }};
 
-constexpr std::array<std::pair<KvFormat, const char*>, 5> kKvFormatNames = {{
+constexpr std::array<std::pair<KvFormat, const char*>, 6> kKvFormatNames = {{
     {KvFormat::kKvNhd, "kv_nhd"},
     {KvFormat::kNbKvNhd, "nb_kv_nhd"},
     {KvFormat::kKvHnd, "kv_hnd"},
     {KvFormat::kNbKvHnd, "nb_kv_hnd"},
     {KvFormat::kMla, "mla"},
+    {KvFormat::kCrossLayer, "cross_layer"},
 }};
 
 }  // namespace
@@ -116,7 +117,7 @@ std::optional<KvFormat> KvFormatFromName(std::string_view name) {
 }
 
 const char* DTypeChoices() { return "bf16, fp16, fp32, fp8_e4m3, fp8_e5m2"; }
-const char* KvFormatChoices() { return "kv_nhd, nb_kv_nhd, kv_hnd, nb_kv_hnd, mla"; }
+const char* KvFormatChoices() { return "kv_nhd, nb_kv_nhd, kv_hnd, nb_kv_hnd, mla, cross_layer"; }
 
 std::optional<uint64_t> LayerBytes(const Layout& layout) {
   const size_t dtype_size = DTypeSize(layout.dtype);
@@ -127,6 +128,10 @@ std::optional<uint64_t> LayerBytes(const Layout& layout) {
                               layout.head_dim, dtype_size};
   for (uint64_t f : factors) {
     if (__builtin_mul_overflow(bytes, f, &bytes)) return std::nullopt;
+  }
+  if (layout.format == KvFormat::kCrossLayer &&
+      __builtin_mul_overflow(bytes, uint64_t{layout.num_layers}, &bytes)) {
+    return std::nullopt;
   }
   return bytes;
 }

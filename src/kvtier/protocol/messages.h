@@ -74,7 +74,7 @@ struct Key {
 };
 
 enum class DType : uint8_t { kBf16, kFp16, kFp32, kFp8E4m3, kFp8E5m2 };
-enum class KvFormat : uint8_t { kKvNhd, kNbKvNhd, kKvHnd, kNbKvHnd, kMla };
+enum class KvFormat : uint8_t { kKvNhd, kNbKvNhd, kKvHnd, kNbKvHnd, kMla, kCrossLayer };
 const char* DTypeName(DType t);
 const char* KvFormatName(KvFormat f);
 size_t DTypeSize(DType t);
@@ -106,7 +106,8 @@ struct Layout {
   friend bool operator==(const Layout&, const Layout&) = default;
 };
 // Bytes of one layer's tensor: 2 * num_blocks * block_size * num_kv_heads * head_dim * dtype
-// size (mla: num_blocks * block_size * head_dim * dtype size). nullopt when it overflows 64 bits.
+// size (mla: num_blocks * block_size * head_dim * dtype size; cross_layer: the one tensor all
+// layers share, num_layers times the kv_nhd size). nullopt when it overflows 64 bits.
 std::optional<uint64_t> LayerBytes(const Layout& layout);
 
 // ---- Requests --------------------------------------------------------------------------

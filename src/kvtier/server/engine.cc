@@ -378,7 +378,7 @@ Reply Engine::Store(const protocol::StoreRequest& r) {
     }
   }
   if (!mine.empty()) {
-    transfer::DeviceOrder order{.wait_event = r.event_ipc_handle};
+    transfer::DeviceOrder order{.wait_event = r.event_ipc_handle, .done_event = std::nullopt};
     // The L1 objects become readable (and storable to L2) only after FinishWrite, which runs
     // after Gather returned, i.e. after the copies completed (device copies included).
     Status copied = (*reg)->backend->Gather(blocks, objects, &order);
@@ -473,7 +473,7 @@ Reply Engine::Retrieve(const protocol::RetrieveRequest& r) {
   objects.reserve(views->size());
   for (const auto& v : *views) objects.emplace_back(v.data, v.size);
   std::span<const uint32_t> blocks(r.block_ids.data(), n * bpc);
-  transfer::DeviceOrder order{.wait_event = r.event_ipc_handle};
+  transfer::DeviceOrder order{.wait_event = r.event_ipc_handle, .done_event = std::nullopt};
   Status copied = (*reg)->backend->Scatter(objects, blocks, r.skip_first_n_tokens, &order);
   storage_->FinishReadPrefetched(keys, 1);
   if (!copied.ok()) return fail(copied);

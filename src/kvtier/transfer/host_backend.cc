@@ -217,7 +217,9 @@ HostBackend::HostBackend(const KvGeometry& geometry, std::string shm_path, uint8
       min_parallel_bytes_(options.min_parallel_bytes),
       stream_min_bytes_(options.stream_min_bytes) {
   layers_.reserve(layer_offsets.size());
-  for (uint64_t offset : layer_offsets) layers_.push_back(base_ + offset);
+  for (size_t l = 0; l < layer_offsets.size(); ++l) {
+    layers_.push_back(base_ + layer_offsets[l] + geometry.LayerBase(static_cast<uint32_t>(l)));
+  }
 }
 
 HostBackend::~HostBackend() {

@@ -92,7 +92,8 @@ std::vector<Case> Cases() {
   const std::pair<const char*, KvFormat> formats[] = {{"KvNhd", KvFormat::kKvNhd},
                                                       {"NbKvNhd", KvFormat::kNbKvNhd},
                                                       {"KvHnd", KvFormat::kKvHnd},
-                                                      {"NbKvHnd", KvFormat::kNbKvHnd}};
+                                                      {"NbKvHnd", KvFormat::kNbKvHnd},
+                                                      {"CrossLayer", KvFormat::kCrossLayer}};
   for (const auto& [fname, format] : formats) {
     const std::string f = fname;
     // bf16, 3 heads of 16 (32-byte rows: the generic row copy), 4 blocks per chunk.

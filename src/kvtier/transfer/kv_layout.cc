@@ -53,6 +53,8 @@ const char* KvFormatString(KvFormat format) {
       return "nb_kv_hnd";
     case KvFormat::kMla:
       return "mla";
+    case KvFormat::kCrossLayer:
+      return "cross_layer";
   }
   return "unknown";
 }
@@ -101,7 +103,9 @@ Result<KvGeometry> KvGeometry::Create(const protocol::Layout& layout, uint32_t c
   if (!CheckedProduct({layout.head_dim, element_bytes}, &g.row_bytes) ||
       !CheckedProduct({g.row_bytes, layout.num_kv_heads}, &g.token_bytes) ||
       !CheckedProduct({g.token_bytes, layout.block_size}, &g.block_bytes) ||
-      !CheckedProduct({g.block_bytes, layout.num_blocks, g.planes}, &g.layer_bytes) ||
+      !CheckedProduct({g.block_bytes, layout.num_blocks, g.planes,
+                       layout.format == KvFormat::kCrossLayer ? layout.num_layers : 1u},
+                      &g.layer_bytes) ||
       !CheckedProduct({g.token_bytes, chunk_size, layout.num_layers, g.planes}, &g.object_size)) {
     return MakeError(Status::OutOfRange("kv layout: sizes overflow 64 bits"));
   }
@@ -121,6 +125,18 @@ Status KvGeometry::CheckLayerExtents(std::span<const uint64_t> layer_offsets,
           "kv layout: layer {} at offset {} with {} bytes ends beyond the segment size {}", l,
           layer_offsets[l], layer_bytes, region_size));
     }
+  }
+  if (format == KvFormat::kCrossLayer) {
+    // One tensor: every layer names its base.
+    for (uint32_t l = 1; l < num_layers; ++l) {
+      if (layer_offsets[l] != layer_offsets[0]) {
+        return Invalid(fmt::format(
+            "cross_layer: every layer_offsets entry must be the tensor's offset ({}); layer {} "
+            "says {}",
+            layer_offsets[0], l, layer_offsets[l]));
+      }
+    }
+    return Status::OK();
   }
   std::vector<uint32_t> order(num_layers);
   std::iota(order.begin(), order.end(), 0u);

@@ -8,6 +8,9 @@
 //   kv_hnd     [2, NB, H, BS, D]
 //   nb_kv_hnd  [NB, 2, H, BS, D]
 //   mla        [NB, BS, D]         (H must be 1)
+//   cross_layer [NB, L, 2, BS, H, D] one tensor for every layer (vLLM's cross-layer blocks: a
+//                                   block of all layers is one contiguous region); every
+//                                   layer_offsets entry names that tensor's base
 // In every format one (plane, block) pair is one contiguous region of BS*H*D elements: tokens
 // then heads (NHD) or heads then tokens (HND).
 //
@@ -44,7 +47,7 @@ struct KvGeometry {
   uint64_t row_bytes = 0;    // one head of one token: head_dim elements
   uint64_t token_bytes = 0;  // one token of one plane and layer: H * D elements
   uint64_t block_bytes = 0;  // one (plane, block) region: block_size tokens
-  uint64_t layer_bytes = 0;  // one layer's tensor
+  uint64_t layer_bytes = 0;  // one layer's tensor (cross_layer: the tensor of all layers)
   uint64_t object_size = 0;  // one chunk object
 
   // Validates `layout` against `chunk_size`: positive dimensions, block_size dividing
@@ -59,9 +62,15 @@ struct KvGeometry {
   bool heads_major() const {
     return format == protocol::KvFormat::kKvHnd || format == protocol::KvFormat::kNbKvHnd;
   }
-  // Byte offset of the (plane, block) region within one layer's tensor.
+  // Where layer `layer` starts, from its layer_offsets entry (non-zero for cross_layer only).
+  uint64_t LayerBase(uint32_t layer) const {
+    return format == protocol::KvFormat::kCrossLayer ? uint64_t{layer} * 2 * block_bytes : 0;
+  }
+  // Byte offset of the (plane, block) region from the layer's base.
   uint64_t BlockOffset(uint32_t plane, uint32_t block) const {
     switch (format) {
+      case protocol::KvFormat::kCrossLayer:
+        return (uint64_t{block} * num_layers * 2 + plane) * block_bytes;
       case protocol::KvFormat::kKvNhd:
       case protocol::KvFormat::kKvHnd:
         return (uint64_t{plane} * num_blocks + block) * block_bytes;

@@ -59,6 +59,9 @@ struct RefLayout {
         KVT_CHECK(plane == 0 && h == 0);
         index = (block * block_size + t) * dim + d;
         break;
+      case protocol::KvFormat::kCrossLayer:  // [NB, L, 2, BS, H, D], offsets[layer] = base
+        index = ((((block * layers + layer) * 2 + plane) * block_size + t) * heads + h) * dim + d;
+        break;
     }
     return offsets[layer] + index * element + e;
   }
@@ -147,6 +150,11 @@ inline RefLayout MakeRefLayout(const TestSpec& spec, uint64_t* segment_size) {
   r.chunk = spec.chunk;
   const uint64_t layer_bytes = r.planes() * r.blocks * r.block_size * r.heads * r.dim * r.element;
   const uint64_t gap = spec.aligned ? 4096 : 13;
+  if (spec.format == protocol::KvFormat::kCrossLayer) {  // one tensor after one gap
+    r.offsets.assign(r.layers, gap);
+    *segment_size = gap + r.layers * layer_bytes + gap;
+    return r;
+  }
   const uint64_t stride =
       spec.aligned ? (layer_bytes + 2 * gap - 1) / gap * gap : layer_bytes + gap;
   for (uint64_t l = 0; l < r.layers; ++l) {
