@@ -14,7 +14,8 @@ namespace {
 
 keys::ChunkHash Hash(uint32_t seed) {
   keys::ChunkHash h;
-  for (size_t i = 0; i < h.bytes.size(); ++i) h.bytes[i] = static_cast<uint8_t>(seed * 131 + i * 7);
+  for (size_t i = 0; i < h.bytes.size(); ++i)
+    h.bytes[i] = static_cast<uint8_t>(size_t{seed} * 131 + i * 7);
   return h;
 }
 

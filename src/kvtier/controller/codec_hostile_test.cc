@@ -23,7 +23,7 @@ Value U(uint64_t v) {
 Value I(int64_t v) {
   return [v](Packer& p) { p.pack_int64(v); };
 }
-Value S(std::string s) {
+Value S(const std::string& s) {
   return [s](Packer& p) { p.pack(s); };
 }
 Value Nil() {
@@ -40,7 +40,7 @@ Value Bin(size_t bytes) {
     p.pack_bin_body(raw.data(), static_cast<uint32_t>(bytes));
   };
 }
-Value Map(Fields fields) {
+Value Map(const Fields& fields) {
   return [fields](Packer& p) {
     p.pack_map(static_cast<uint32_t>(fields.size()));
     for (const auto& [key, value] : fields) {
@@ -49,7 +49,7 @@ Value Map(Fields fields) {
     }
   };
 }
-Value Array(std::vector<Value> values) {
+Value Array(const std::vector<Value>& values) {
   return [values](Packer& p) {
     p.pack_array(static_cast<uint32_t>(values.size()));
     for (const auto& v : values) v(p);

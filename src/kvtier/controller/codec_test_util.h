@@ -13,7 +13,8 @@ namespace kvtier::controller::testing {
 // A deterministic hash: byte i = seed * 31 + i.
 inline keys::ChunkHash MakeHash(uint32_t seed) {
   keys::ChunkHash h;
-  for (size_t i = 0; i < h.bytes.size(); ++i) h.bytes[i] = static_cast<uint8_t>(seed * 31 + i);
+  for (size_t i = 0; i < h.bytes.size(); ++i)
+    h.bytes[i] = static_cast<uint8_t>(size_t{seed} * 31 + i);
   return h;
 }
 

@@ -62,9 +62,9 @@ class Writer {
     Str(key);
     Str(value);
   }
-  void Field(std::string_view key, const char* value) { Field(key, std::string_view(value)); }
+  void Field(std::string_view key, const char* value) { Field(key, std::string_view{value}); }
   void Field(std::string_view key, const std::string& value) {
-    Field(key, std::string_view(value));
+    Field(key, std::string_view{value});
   }
   void Field(std::string_view key, bool value) {
     Str(key);
