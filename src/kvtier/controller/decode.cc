@@ -403,11 +403,12 @@ Result<Framed<Event>> DecodeEvent(std::span<const uint8_t> frame) {
   Result<Event> event = MakeError(where.Error("no such event"));
   switch (header.type) {
     case MessageType::kAdmit:
-    case MessageType::kEvict:
-      event = DecodeAs<KvEvent, Event>(
-          where, body, kMaxElementsIn,
-          KvEvent{.op = header.type == MessageType::kAdmit ? KvOp::kAdmit : KvOp::kEvict});
+    case MessageType::kEvict: {
+      KvEvent kv;
+      kv.op = header.type == MessageType::kAdmit ? KvOp::kAdmit : KvOp::kEvict;
+      event = DecodeAs<KvEvent, Event>(where, body, kMaxElementsIn, std::move(kv));
       break;
+    }
     case MessageType::kFullSyncStart:
       event = DecodeAs<FullSyncStart, Event>(where, body, kMaxElementsIn);
       break;
