@@ -7,6 +7,7 @@
 #include "kvtier/cluster/lock_holds.h"
 #include "kvtier/cluster/registry_counters.h"
 #include "kvtier/cluster/registry_tree.h"
+#include "kvtier/common/check.h"
 
 namespace kvtier::cluster {
 namespace {
@@ -14,11 +15,15 @@ namespace {
 using internal::AdoptFast;
 
 // The defined order of holders: instance id, worker id, location name.
-bool HolderLess(const WorkerNode& a, LocationId a_location, const WorkerNode& b,
+bool HolderLess(const WorkerIdentity& a, LocationId a_location, const WorkerIdentity& b,
                 LocationId b_location, const LocationTable& locations) {
-  if (int c = a.instance_id().compare(b.instance_id()); c != 0) return c < 0;
-  if (a.worker_id() != b.worker_id()) return a.worker_id() < b.worker_id();
+  if (a.instance_id != b.instance_id) return *a.instance_id < *b.instance_id;  // interned
+  if (a.worker_id != b.worker_id) return a.worker_id < b.worker_id;
   return locations.Name(a_location) < locations.Name(b_location);
+}
+
+bool Excluded(const WorkerIdentity& identity, std::string_view exclude_instance) {
+  return !exclude_instance.empty() && *identity.instance_id == exclude_instance;
 }
 
 }  // namespace
@@ -106,37 +111,32 @@ Result<BatchResult> RegistryTree::ApplyOps(std::string_view instance_id, WorkerI
 
 std::optional<KvHolder> RegistryTree::FindKv(const ObjectKey& key,
                                              std::string_view exclude_instance) const {
-  std::optional<KvHolder> found;
-  index_.VisitHolders(key, key.Hash(), [&](std::span<const Holder> holders) {
-    const WorkerNode* best = nullptr;
-    LocationId best_location = 0;
-    for (Holder h : holders) {
-      const WorkerNode* node = NodeAt(HolderSlot(h));
-      if (!exclude_instance.empty() && node->instance_id() == exclude_instance) continue;
-      if (best == nullptr ||
-          HolderLess(*node, HolderLocation(h), *best, best_location, locations_)) {
-        best = node;
-        best_location = HolderLocation(h);
-      }
+  ResolvedHolders holders;
+  if (!index_.ReadHolders(key, key.Hash(), &holders)) return std::nullopt;
+  const ResolvedHolder* best = nullptr;
+  for (const ResolvedHolder& h : holders) {
+    KVT_DCHECK(h.identity != nullptr);
+    if (Excluded(*h.identity, exclude_instance)) continue;
+    if (best == nullptr || HolderLess(*h.identity, HolderLocation(h.holder), *best->identity,
+                                      HolderLocation(best->holder), locations_)) {
+      best = &h;
     }
-    if (best != nullptr) {
-      found = KvHolder{best->instance_id(), best->worker_id(), locations_.Name(best_location)};
-    }
-  });
-  return found;
+  }
+  if (best == nullptr) return std::nullopt;
+  return KvHolder{*best->identity->instance_id, best->identity->worker_id,
+                  locations_.Name(HolderLocation(best->holder))};
 }
 
 std::vector<KvHolder> RegistryTree::FindKvAll(const ObjectKey& key,
                                               std::string_view exclude_instance) const {
+  ResolvedHolders holders;
   std::vector<KvHolder> all;
-  index_.VisitHolders(key, key.Hash(), [&](std::span<const Holder> holders) {
-    for (Holder h : holders) {
-      const WorkerNode* node = NodeAt(HolderSlot(h));
-      if (!exclude_instance.empty() && node->instance_id() == exclude_instance) continue;
-      all.push_back(
-          KvHolder{node->instance_id(), node->worker_id(), locations_.Name(HolderLocation(h))});
-    }
-  });
+  if (!index_.ReadHolders(key, key.Hash(), &holders)) return all;
+  for (const ResolvedHolder& h : holders) {
+    if (Excluded(*h.identity, exclude_instance)) continue;
+    all.push_back(KvHolder{*h.identity->instance_id, h.identity->worker_id,
+                           locations_.Name(HolderLocation(h.holder))});
+  }
   std::sort(all.begin(), all.end(), [](const KvHolder& a, const KvHolder& b) {
     return std::tie(a.instance_id, a.worker_id, a.location) <
            std::tie(b.instance_id, b.worker_id, b.location);
@@ -152,16 +152,16 @@ Result<std::optional<PeerMatch>> RegistryTree::FindKvWithWorkerInfo(
     LocationId location;
   };
   absl::InlinedVector<Candidate, 4> candidates;
-  index_.VisitHolders(keys[0], keys[0].Hash(), [&](std::span<const Holder> holders) {
+  index_.VisitHoldersLocked(keys[0], keys[0].Hash(), [&](std::span<const Holder> holders) {
     for (Holder h : holders) {
       WorkerNode* node = NodeAt(HolderSlot(h));
-      if (!exclude_instance.empty() && node->instance_id() == exclude_instance) continue;
+      if (Excluded(node->identity(), exclude_instance)) continue;
       // Pinned while the shard lock keeps the node alive.
       candidates.push_back(Candidate{node->shared_from_this(), HolderLocation(h)});
     }
   });
   std::sort(candidates.begin(), candidates.end(), [&](const Candidate& a, const Candidate& b) {
-    return HolderLess(*a.node, a.location, *b.node, b.location, locations_);
+    return HolderLess(a.node->identity(), a.location, b.node->identity(), b.location, locations_);
   });
   std::vector<size_t> hashes(keys.size());
   for (size_t i = 0; i < keys.size(); ++i) hashes[i] = keys[i].Hash();
@@ -186,44 +186,39 @@ Result<std::optional<PeerMatch>> RegistryTree::FindKvWithWorkerInfo(
 
 std::vector<PrefixMatch> RegistryTree::PrefixLookup(std::span<const ObjectKey> keys) const {
   struct Run {
-    uint64_t uid;
-    std::string instance_id;
+    const std::string* instance_id;  // interned: one pointer per instance id
     uint32_t chunks;
   };
   absl::InlinedVector<Run, 8> runs;
-  if (keys.empty()) return {};
-  index_.VisitHolders(keys[0], keys[0].Hash(), [&](std::span<const Holder> holders) {
-    for (Holder h : holders) {
-      const WorkerNode* node = NodeAt(HolderSlot(h));
-      const uint64_t uid = node->instance_uid();
-      bool known =
-          std::any_of(runs.begin(), runs.end(), [&](const Run& r) { return r.uid == uid; });
-      if (!known) runs.push_back(Run{uid, node->instance_id(), 1});
+  ResolvedHolders holders;
+  if (keys.empty() || !index_.ReadHolders(keys[0], keys[0].Hash(), &holders)) return {};
+  for (const ResolvedHolder& h : holders) {
+    const std::string* id = h.identity->instance_id;
+    if (std::none_of(runs.begin(), runs.end(), [&](const Run& r) { return r.instance_id == id; })) {
+      runs.push_back(Run{id, 1});
     }
-  });
+  }
   size_t alive = runs.size();
   for (size_t i = 1; i < keys.size() && alive > 0; ++i) {
     alive = 0;
-    index_.VisitHolders(keys[i], keys[i].Hash(), [&](std::span<const Holder> holders) {
-      for (Holder h : holders) {
-        const uint64_t uid = NodeAt(HolderSlot(h))->instance_uid();
-        for (Run& r : runs) {
-          // Only runs unbroken through chunk i - 1 extend; each instance once per chunk.
-          if (r.uid == uid && r.chunks == i) {
-            r.chunks = static_cast<uint32_t>(i + 1);
-            ++alive;
-          }
+    if (!index_.ReadHolders(keys[i], keys[i].Hash(), &holders)) break;
+    for (const ResolvedHolder& h : holders) {
+      for (Run& r : runs) {
+        // Only runs unbroken through chunk i - 1 extend; each instance once per chunk.
+        if (r.instance_id == h.identity->instance_id && r.chunks == i) {
+          r.chunks = static_cast<uint32_t>(i + 1);
+          ++alive;
         }
       }
-    });
+    }
   }
   std::sort(runs.begin(), runs.end(), [](const Run& a, const Run& b) {
     if (a.chunks != b.chunks) return a.chunks > b.chunks;
-    return a.instance_id < b.instance_id;
+    return *a.instance_id < *b.instance_id;
   });
   std::vector<PrefixMatch> matches;
   matches.reserve(runs.size());
-  for (Run& r : runs) matches.push_back(PrefixMatch{std::move(r.instance_id), r.chunks});
+  for (const Run& r : runs) matches.push_back(PrefixMatch{*r.instance_id, r.chunks});
   return matches;
 }
 

@@ -48,11 +48,11 @@ void InstanceNode::AppendWorkers(std::vector<std::shared_ptr<WorkerNode>>* out) 
 // ---- RegistryTree.
 
 Result<std::unique_ptr<RegistryTree>> RegistryTree::Create(const RegistryOptions& options) {
-  if (options.num_shards == 0 || options.num_shards > 4096 ||
+  if (options.num_shards == 0 || options.num_shards > kMaxIndexShards ||
       (options.num_shards & (options.num_shards - 1)) != 0) {
     return MakeError(Status::InvalidArgument(
-        fmt::format("cluster registry: num_shards must be a power of two in [1, 4096] (got {})",
-                    options.num_shards)));
+        fmt::format("cluster registry: num_shards must be a power of two in [1, {}] (got {})",
+                    kMaxIndexShards, options.num_shards)));
   }
   if (options.max_workers == 0 || options.max_workers > kMaxWorkerSlots) {
     return MakeError(Status::InvalidArgument(
@@ -72,8 +72,8 @@ Result<std::unique_ptr<RegistryTree>> RegistryTree::Create(const RegistryOptions
 RegistryTree::RegistryTree(const RegistryOptions& options)
     : options_(options),
       clock_(options.clock),
-      index_(options.num_shards),
-      slots_(std::make_unique<std::atomic<WorkerNode*>[]>(options.max_workers)),
+      slots_(options.max_workers),
+      index_(options.num_shards, &slots_),
       counters_(std::make_unique<Counters>()) {}
 
 RegistryTree::~RegistryTree() = default;
@@ -129,28 +129,8 @@ Result<std::vector<std::shared_ptr<WorkerNode>>> RegistryTree::SnapshotNodes() c
   return nodes;
 }
 
-Result<uint32_t> RegistryTree::AllocateSlot() {
-  MutexLock lock(&slots_mu_);
-  if (!free_slots_.empty()) {
-    uint32_t slot = free_slots_.back();
-    free_slots_.pop_back();
-    return slot;
-  }
-  if (next_slot_ >= options_.max_workers) {
-    return MakeError(Status::ResourceExhausted(fmt::format(
-        "cluster registry: {} workers registered (max_workers)", options_.max_workers)));
-  }
-  return next_slot_++;
-}
-
-void RegistryTree::ReleaseSlot(uint32_t slot) {
-  slots_[slot].store(nullptr, std::memory_order_release);
-  MutexLock lock(&slots_mu_);
-  free_slots_.push_back(slot);
-}
-
 WorkerNode* RegistryTree::NodeAt(uint32_t slot) const {
-  WorkerNode* node = slots_[slot].load(std::memory_order_acquire);
+  WorkerNode* node = slots_.Node(slot);
   KVT_DCHECK_MSG(node != nullptr, "cluster registry: holder names free slot {}", slot);
   return node;
 }
@@ -160,9 +140,10 @@ Result<std::shared_ptr<WorkerNode>> RegistryTree::PutNode(InstanceNode* instance
                                                           uint32_t slot, TimePoint now) {
   if (!instance->lock().AcquireWrite(options_.lock_timeout)) return LockTimeoutError("instance");
   AdoptWrite instance_hold(&instance->lock());
-  auto node = std::make_shared<WorkerNode>(r, instance->uid(), slot, now);
+  const WorkerIdentity* identity = slots_.Intern(r.instance_id, r.worker_id, r.address);
+  auto node = std::make_shared<WorkerNode>(identity, slot, r.expects_heartbeats, now);
   // Resolvable before any holder of the slot can exist.
-  slots_[slot].store(node.get(), std::memory_order_release);
+  slots_.Publish(slot, identity, node.get());
   return instance->Put(std::move(node));
 }
 
@@ -173,7 +154,7 @@ uint64_t RegistryTree::RetireNode(const std::shared_ptr<WorkerNode>& node) {
     sync::FastLockHolder hold(&node->lock());
     removed = node->Retire(index_);
   }
-  ReleaseSlot(node->slot());
+  slots_.Release(node->slot());
   return removed;
 }
 
@@ -208,12 +189,12 @@ Result<RegisterResult> RegistryTree::RegisterWorker(const WorkerRegistration& re
         fmt::format("cluster registry: an address has at most {} bytes", kMaxAddressLength)));
   }
   const TimePoint now = clock_->Now();
-  KVT_ASSIGN_OR_RETURN(uint32_t slot, AllocateSlot());
+  KVT_ASSIGN_OR_RETURN(uint32_t slot, slots_.Allocate());
   Result<std::shared_ptr<WorkerNode>> replaced = MakeError(Status::Internal("unset"));
   bool placed = false;
   {
     if (!tree_lock_.AcquireRead(options_.lock_timeout)) {
-      ReleaseSlot(slot);
+      slots_.Release(slot);
       return LockTimeoutError("registry");
     }
     AdoptRead tree_hold(&tree_lock_);
@@ -224,14 +205,13 @@ Result<RegisterResult> RegistryTree::RegisterWorker(const WorkerRegistration& re
   }
   if (!placed) {
     if (!tree_lock_.AcquireWrite(options_.lock_timeout)) {
-      ReleaseSlot(slot);
+      slots_.Release(slot);
       return LockTimeoutError("registry");
     }
     AdoptWrite tree_hold(&tree_lock_);
     InstanceNode* instance = FindInstance(registration.instance_id);
     if (instance == nullptr) {
-      auto created = std::make_unique<InstanceNode>(
-          registration.instance_id, next_instance_uid_.fetch_add(1, std::memory_order_relaxed));
+      auto created = std::make_unique<InstanceNode>(registration.instance_id);
       instance = created.get();
       instances_.emplace(registration.instance_id, std::move(created));
       num_instances_.fetch_add(1, std::memory_order_relaxed);
@@ -239,7 +219,7 @@ Result<RegisterResult> RegistryTree::RegisterWorker(const WorkerRegistration& re
     replaced = PutNode(instance, registration, slot, now);
   }
   if (!replaced.has_value()) {
-    ReleaseSlot(slot);
+    slots_.Release(slot);
     return MakeError(std::move(replaced).error());
   }
   generation_.fetch_add(1, std::memory_order_release);

@@ -15,8 +15,9 @@
 //   2. InstanceNode::lock_           RWLock  the instance's worker map
 //   3. WorkerNode::lock_             FastLock the worker's key sets, sequence and sync state
 //   4. ReverseIndex shard lock       FastLock one shard of the reverse index
-// Leaves, under which nothing else is acquired: slots_mu_, LocationTable's mutex, info_mu_.
-// Lookups (FindKv, FindKvAll, PrefixLookup) take only shard locks. A worker's holders change
+// Leaves, under which nothing else is acquired: SlotTable's and LocationTable's mutexes,
+// info_mu_. Lookups (FindKv, FindKvAll, PrefixLookup) take no lock at all in the common case:
+// they read the reverse index optimistically (see reverse_index.h). A worker's holders change
 // only under its worker lock, so a worker's key sets equal its holders in the reverse index
 // whenever its lock is free.
 #pragma once
@@ -34,6 +35,7 @@
 
 #include "kvtier/cluster/location_table.h"
 #include "kvtier/cluster/reverse_index.h"
+#include "kvtier/cluster/slot_table.h"
 #include "kvtier/cluster/types.h"
 #include "kvtier/cluster/worker_node.h"
 #include "kvtier/common/mutex.h"
@@ -45,12 +47,11 @@ namespace kvtier::cluster {
 // One kvtier instance: its workers by id.
 class InstanceNode {
  public:
-  InstanceNode(std::string id, uint64_t uid) : id_(std::move(id)), uid_(uid) {}
+  explicit InstanceNode(std::string id) : id_(std::move(id)) {}
   InstanceNode(const InstanceNode&) = delete;
   InstanceNode& operator=(const InstanceNode&) = delete;
 
   const std::string& id() const { return id_; }
-  uint64_t uid() const { return uid_; }
   sync::RWLock& lock() const KVT_RETURN_CAPABILITY(lock_) { return lock_; }
 
   std::shared_ptr<WorkerNode> Find(WorkerId worker_id) const KVT_REQUIRES_SHARED(lock_);
@@ -63,7 +64,6 @@ class InstanceNode {
 
  private:
   const std::string id_;
-  const uint64_t uid_;
   mutable sync::RWLock lock_;
   absl::flat_hash_map<WorkerId, std::shared_ptr<WorkerNode>> workers_ KVT_GUARDED_BY(lock_);
 };
@@ -218,8 +218,6 @@ class RegistryTree {
                                  std::string_view location, uint64_t seq,
                                  std::span<const IndexOp> ops);
 
-  Result<uint32_t> AllocateSlot() KVT_EXCLUDES(slots_mu_);
-  void ReleaseSlot(uint32_t slot) KVT_EXCLUDES(slots_mu_);
   // The node of a slot that a holder read under its shard lock names. The node stays alive at
   // least until that shard lock is released: a node's holders all leave the index (under the
   // shard locks) before its slot is cleared and the node can be destroyed.
@@ -231,17 +229,12 @@ class RegistryTree {
   mutable sync::RWLock tree_lock_;
   absl::flat_hash_map<std::string, std::unique_ptr<InstanceNode>> instances_
       KVT_GUARDED_BY(tree_lock_);
-  std::atomic<uint64_t> next_instance_uid_{1};
 
+  // Slot -> identity and node of every registered worker. Published before a node enters the
+  // tree, cleared after its holders left the index.
+  SlotTable slots_;
   ReverseIndex index_;
   LocationTable locations_;
-
-  // slot -> node of every registered worker (nullptr when free). Set before a node enters the
-  // tree, cleared after its holders left the index.
-  std::unique_ptr<std::atomic<WorkerNode*>[]> slots_;
-  Mutex slots_mu_;
-  std::vector<uint32_t> free_slots_ KVT_GUARDED_BY(slots_mu_);
-  uint32_t next_slot_ KVT_GUARDED_BY(slots_mu_) = 0;
 
   // Bumped by every registration and deregistration (invalidates the worker-info snapshot).
   std::atomic<uint64_t> generation_{0};

@@ -1,12 +1,10 @@
 #include "kvtier/cluster/reverse_index.h"
 
 #include <algorithm>
-#include <array>
 #include <bit>
+#include <cstring>
 
 #include <absl/container/flat_hash_map.h>
-#include <absl/container/flat_hash_set.h>
-#include <absl/container/inlined_vector.h>
 
 #include "kvtier/common/check.h"
 #include "kvtier/sync/fast_lock.h"
@@ -14,167 +12,329 @@
 namespace kvtier::cluster {
 namespace {
 
+using Word = std::atomic<uint64_t>;
+constexpr auto kRelaxed = std::memory_order_relaxed;
+
 constexpr uint32_t kBlockShift = 10;
-constexpr uint32_t kBlockEntries = 1u << kBlockShift;  // 56 KiB blocks
+constexpr uint32_t kBlockEntries = 1u << kBlockShift;  // 56 KiB a block
+constexpr uint32_t kMaxBlocks = kMaxEntriesPerShard / kBlockEntries;
+constexpr uint32_t kIndexBits = 22;
+static_assert(kMaxEntriesPerShard == 1u << kIndexBits);
+static_assert(kMaxIndexShards == 1u << (32 - kIndexBits));
 constexpr uint32_t kInlineHolders = 2;
+constexpr int kOptimisticTries = 4;
+constexpr uint64_t kInitialSlots = 16;
 
-struct Entry {
-  ObjectKey key;
-  Holder inline_holders[kInlineHolders];
-  uint32_t num_holders;  // 0: free; > kInlineHolders: the rest are in the shard's overflow
+// An entry is 7 words, all atomics so that optimistic readers never race:
+//   0..3  chunk hash            4  namespace id | kv rank << 32
+//   5     object group | holder count << 32
+//   6     holder 0 | holder 1 << 32
+constexpr uint32_t kWordsPerEntry = 7;
+constexpr int kNsRank = 4;
+constexpr int kGroupCount = 5;
+constexpr int kInline = 6;
+
+struct KeyWords {
+  uint64_t w[6];  // w[5]: the object group only
 };
-static_assert(sizeof(Entry) == 56, "an index entry should stay at 56 bytes");
 
-// A key being looked up, with its hash computed once.
-struct Probe {
-  const ObjectKey* key;
-  size_t hash;
+KeyWords ToWords(const ObjectKey& key) {
+  KeyWords k;
+  std::memcpy(k.w, key.chunk_hash().bytes.data(), keys::kChunkHashBytes);
+  k.w[kNsRank] = uint64_t{key.namespace_id()} | uint64_t{key.kv_rank().Packed()} << 32;
+  k.w[kGroupCount] = key.object_group();
+  return k;
+}
+
+ObjectKey FromWords(const Word* e) {
+  keys::ChunkHash hash;
+  for (int i = 0; i < 4; ++i) {
+    const uint64_t w = e[i].load(kRelaxed);
+    std::memcpy(hash.bytes.data() + i * 8, &w, 8);
+  }
+  const uint64_t ns_rank = e[kNsRank].load(kRelaxed);
+  auto key = ObjectKey::Create(hash, static_cast<keys::NamespaceId>(ns_rank),
+                               keys::KvRank::FromPacked(static_cast<uint32_t>(ns_rank >> 32)),
+                               static_cast<uint32_t>(e[kGroupCount].load(kRelaxed)));
+  KVT_CHECK(key.has_value());
+  return *key;
+}
+
+bool Matches(const Word* e, const KeyWords& k) {
+  return e[0].load(kRelaxed) == k.w[0] && e[1].load(kRelaxed) == k.w[1] &&
+         e[2].load(kRelaxed) == k.w[2] && e[3].load(kRelaxed) == k.w[3] &&
+         e[kNsRank].load(kRelaxed) == k.w[kNsRank] &&
+         static_cast<uint32_t>(e[kGroupCount].load(kRelaxed)) == k.w[kGroupCount];
+}
+
+uint32_t HolderCount(const Word* e) {
+  return static_cast<uint32_t>(e[kGroupCount].load(kRelaxed) >> 32);
+}
+Holder InlineHolder(const Word* e, uint32_t k) {
+  const uint64_t w = e[kInline].load(kRelaxed);
+  return static_cast<Holder>(k == 0 ? w : w >> 32);
+}
+
+// A slot: the key hash's low 32 bits (the probe start and a filter) and entry index + 1 (0 is
+// an empty slot).
+uint64_t SlotValue(uint32_t h32, uint32_t index) { return uint64_t{h32} << 32 | (index + 1); }
+uint32_t SlotHash(uint64_t v) { return static_cast<uint32_t>(v >> 32); }
+uint32_t SlotIndex(uint64_t v) { return static_cast<uint32_t>(v) - 1; }
+
+struct Table {
+  explicit Table(uint64_t n) : mask(n - 1), slots(std::make_unique<Word[]>(n)) {}
+  const uint64_t mask;
+  const std::unique_ptr<Word[]> slots;
 };
 
-uint32_t Log2(uint32_t v) { return static_cast<uint32_t>(std::countr_zero(v)); }
+void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
 
 // Per-thread scratch of Apply: no allocation per batch once warm.
 struct ApplyScratch {
   std::vector<size_t> hashes;
   std::vector<uint32_t> shard_of;
   std::vector<uint32_t> order;  // op indices grouped by shard, each group in op order
-  std::vector<uint32_t> group_start;
+  std::vector<uint32_t> group_end;
 };
 
 }  // namespace
 
-struct ReverseIndex::Shard {
-  // The table stores entry indices; it hashes and compares through the entries. Its functors
-  // run only inside table calls, which all happen under `lock`.
-  struct IndexHash {
-    using is_transparent = void;
-    const Shard* shard;
-    size_t operator()(uint32_t index) const KVT_NO_THREAD_SAFETY_ANALYSIS {
-      return shard->At(index).key.Hash();
-    }
-    size_t operator()(const Probe& p) const { return p.hash; }
-  };
-  struct IndexEq {
-    using is_transparent = void;
-    const Shard* shard;
-    bool operator()(uint32_t a, uint32_t b) const { return a == b; }
-    bool operator()(uint32_t index, const Probe& p) const KVT_NO_THREAD_SAFETY_ANALYSIS {
-      return shard->At(index).key == *p.key;
-    }
-    bool operator()(const Probe& p, uint32_t index) const { return (*this)(index, p); }
-  };
-
-  Shard() : table(0, IndexHash{this}, IndexEq{this}) {}
-
-  Entry& At(uint32_t i) KVT_REQUIRES(lock) {
-    return blocks[i >> kBlockShift][i & (kBlockEntries - 1)];
-  }
-  const Entry& At(uint32_t i) const KVT_REQUIRES(lock) {
-    return blocks[i >> kBlockShift][i & (kBlockEntries - 1)];
+struct alignas(64) ReverseIndex::Shard {
+  Shard() : blocks(std::make_unique<std::atomic<Word*>[]>(kMaxBlocks)) {
+    tables.push_back(std::make_unique<Table>(kInitialSlots));
+    table.store(tables.back().get(), std::memory_order_release);
   }
 
-  // A free entry index, or false when `max_entries` are in use.
-  bool Allocate(uint32_t max_entries, uint32_t* out) KVT_REQUIRES(lock) {
+  // ---- Read by optimistic readers (atomics only).
+
+  // nullptr when the block is not (visibly) published yet.
+  Word* EntryAt(uint32_t index) const {
+    Word* block = blocks[index >> kBlockShift].load(std::memory_order_acquire);
+    return block == nullptr ? nullptr : block + (index & (kBlockEntries - 1)) * kWordsPerEntry;
+  }
+
+  // The entry of `k` in `t`, read without the lock. *retry when the view was torn.
+  const Word* ProbeOptimistic(const Table& t, const KeyWords& k, uint32_t h32, bool* retry) const {
+    uint64_t pos = h32 & t.mask;
+    for (uint64_t n = 0; n <= t.mask; ++n) {
+      const uint64_t v = t.slots[pos].load(kRelaxed);
+      if (v == 0) return nullptr;
+      if (SlotHash(v) == h32) {
+        const uint32_t index = SlotIndex(v);
+        const Word* e = index < kMaxEntriesPerShard ? EntryAt(index) : nullptr;
+        if (e == nullptr) break;
+        if (Matches(e, k)) return e;
+      }
+      pos = (pos + 1) & t.mask;
+    }
+    *retry = true;
+    return nullptr;
+  }
+
+  // ---- Writers (under lock).
+
+  // Changes between BeginWrite and EndWrite invalidate concurrent optimistic reads.
+  void BeginWrite() KVT_REQUIRES(lock) {
+    seq.store(seq.load(kRelaxed) + 1, kRelaxed);
+    std::atomic_thread_fence(std::memory_order_release);
+  }
+  void EndWrite() KVT_REQUIRES(lock) {
+    seq.store(seq.load(kRelaxed) + 1, std::memory_order_release);
+  }
+
+  struct Found {
+    uint64_t pos;  // the key's slot, or the empty slot that ends its probe
+    bool found;
+    uint32_t index;
+  };
+  Found Find(const KeyWords& k, uint32_t h32) const KVT_REQUIRES(lock) {
+    const Table& t = *tables.back();
+    uint64_t pos = h32 & t.mask;
+    for (;;) {  // the table is never full
+      const uint64_t v = t.slots[pos].load(kRelaxed);
+      if (v == 0) return {pos, false, 0};
+      if (SlotHash(v) == h32 && Matches(EntryAt(SlotIndex(v)), k)) {
+        return {pos, true, SlotIndex(v)};
+      }
+      pos = (pos + 1) & t.mask;
+    }
+  }
+
+  // Creates the entry of `k` with holder `h` (`pos` from a Find that missed). False when the
+  // shard is out of entries.
+  bool Insert(const KeyWords& k, uint32_t h32, uint64_t pos, Holder h, uint32_t* out)
+      KVT_REQUIRES(lock) {
+    uint32_t index;
     if (!free_list.empty()) {
-      *out = free_list.back();
+      index = free_list.back();
       free_list.pop_back();
-      return true;
+    } else {
+      if (used >= kMaxEntriesPerShard) return false;
+      index = used++;
+      if ((index & (kBlockEntries - 1)) == 0) {
+        storage.push_back(std::make_unique<Word[]>(kBlockEntries * kWordsPerEntry));
+        blocks[index >> kBlockShift].store(storage.back().get(), std::memory_order_release);
+      }
     }
-    if (used >= max_entries) return false;
-    if ((used & (kBlockEntries - 1)) == 0) {
-      blocks.push_back(std::make_unique_for_overwrite<Entry[]>(kBlockEntries));
+    Word* e = EntryAt(index);
+    for (int i = 0; i < kGroupCount; ++i) e[i].store(k.w[i], kRelaxed);
+    e[kGroupCount].store(k.w[kGroupCount] | uint64_t{1} << 32, kRelaxed);
+    e[kInline].store(h, kRelaxed);
+    const Table* t = tables.back().get();
+    if ((live + 1) * 10 > (t->mask + 1) * 7) {
+      Grow();
+      pos = Find(k, h32).pos;  // the new entry is not in the table yet: an empty slot
     }
-    *out = used++;
+    tables.back()->slots[pos].store(SlotValue(h32, index), kRelaxed);
+    ++live;
+    *out = index;
     return true;
   }
 
-  bool HasHolder(uint32_t i, const Entry& e, Holder h) const KVT_REQUIRES(lock) {
-    uint32_t n = std::min(e.num_holders, kInlineHolders);
-    for (uint32_t k = 0; k < n; ++k) {
-      if (e.inline_holders[k] == h) return true;
+  void Grow() KVT_REQUIRES(lock) {
+    const Table& old = *tables.back();
+    auto bigger = std::make_unique<Table>((old.mask + 1) * 2);
+    for (uint64_t p = 0; p <= old.mask; ++p) {
+      const uint64_t v = old.slots[p].load(kRelaxed);
+      if (v == 0) continue;
+      uint64_t q = SlotHash(v) & bigger->mask;
+      while (bigger->slots[q].load(kRelaxed) != 0) q = (q + 1) & bigger->mask;
+      bigger->slots[q].store(v, kRelaxed);
     }
-    if (e.num_holders > kInlineHolders) {
-      const auto& more = overflow.at(i);
+    table.store(bigger.get(), std::memory_order_release);
+    tables.push_back(std::move(bigger));  // the old table stays: readers may be probing it
+  }
+
+  // Drops the slot at `pos` and the entry `index` behind it (backward-shift deletion: no
+  // tombstones, probes stay short).
+  void Erase(uint64_t pos, uint32_t index) KVT_REQUIRES(lock) {
+    const Table& t = *tables.back();
+    uint64_t hole = pos;
+    uint64_t j = pos;
+    for (;;) {
+      j = (j + 1) & t.mask;
+      const uint64_t v = t.slots[j].load(kRelaxed);
+      if (v == 0) break;
+      const uint64_t home = SlotHash(v) & t.mask;
+      // v may fill the hole unless its home lies cyclically in (hole, j].
+      const bool stays = hole <= j ? (hole < home && home <= j) : (hole < home || home <= j);
+      if (stays) continue;
+      t.slots[hole].store(v, kRelaxed);
+      hole = j;
+    }
+    t.slots[hole].store(0, kRelaxed);
+    --live;
+    free_list.push_back(index);
+  }
+
+  bool HasHolder(uint32_t index, const Word* e, Holder h) const KVT_REQUIRES(lock) {
+    const uint32_t n = HolderCount(e);
+    for (uint32_t k = 0; k < std::min(n, kInlineHolders); ++k) {
+      if (InlineHolder(e, k) == h) return true;
+    }
+    if (n > kInlineHolders) {
+      const auto& more = overflow.at(index);
       return std::find(more.begin(), more.end(), h) != more.end();
     }
     return false;
   }
 
+  void SetInline(Word* e, uint32_t k, Holder h) KVT_REQUIRES(lock) {
+    const uint64_t w = e[kInline].load(kRelaxed);
+    e[kInline].store(
+        k == 0 ? (w & ~uint64_t{0xffffffff}) | h : (w & 0xffffffff) | uint64_t{h} << 32, kRelaxed);
+  }
+  void SetCount(Word* e, uint32_t n) KVT_REQUIRES(lock) {
+    const uint64_t group = e[kGroupCount].load(kRelaxed) & 0xffffffff;
+    e[kGroupCount].store(group | uint64_t{n} << 32, kRelaxed);
+  }
+
   // Adds `h` unless present; true when added.
-  bool AddHolder(uint32_t i, Entry& e, Holder h) KVT_REQUIRES(lock) {
-    if (HasHolder(i, e, h)) return false;
-    if (e.num_holders < kInlineHolders) {
-      e.inline_holders[e.num_holders] = h;
+  bool AddHolder(uint32_t index, Word* e, Holder h) KVT_REQUIRES(lock) {
+    if (HasHolder(index, e, h)) return false;
+    const uint32_t n = HolderCount(e);
+    if (n < kInlineHolders) {
+      SetInline(e, n, h);
     } else {
-      overflow[i].push_back(h);
+      overflow[index].push_back(h);
     }
-    ++e.num_holders;
+    SetCount(e, n + 1);
     return true;
   }
 
   // Removes `h` if present (the last holder takes its place); true when removed.
-  bool RemoveHolder(uint32_t i, Entry& e, Holder h) KVT_REQUIRES(lock) {
-    Holder* slot = nullptr;
-    uint32_t n = std::min(e.num_holders, kInlineHolders);
-    for (uint32_t k = 0; k < n && slot == nullptr; ++k) {
-      if (e.inline_holders[k] == h) slot = &e.inline_holders[k];
-    }
-    std::vector<Holder>* more = nullptr;
-    if (e.num_holders > kInlineHolders) {
-      more = &overflow.at(i);
-      if (slot == nullptr) {
-        auto it = std::find(more->begin(), more->end(), h);
-        if (it != more->end()) slot = &*it;
+  bool RemoveHolder(uint32_t index, Word* e, Holder h) KVT_REQUIRES(lock) {
+    const uint32_t n = HolderCount(e);
+    std::vector<Holder>* more = n > kInlineHolders ? &overflow.at(index) : nullptr;
+    const Holder last = more != nullptr ? more->back() : InlineHolder(e, n - 1);
+    bool removed = false;
+    for (uint32_t k = 0; k < std::min(n, kInlineHolders) && !removed; ++k) {
+      if (InlineHolder(e, k) == h) {
+        SetInline(e, k, last);
+        removed = true;
       }
     }
-    if (slot == nullptr) return false;
-    if (more != nullptr) {
-      *slot = more->back();
-      more->pop_back();
-      if (more->empty()) overflow.erase(i);
-    } else {
-      *slot = e.inline_holders[e.num_holders - 1];
+    if (!removed && more != nullptr) {
+      auto it = std::find(more->begin(), more->end(), h);
+      if (it != more->end()) {
+        *it = last;
+        removed = true;
+      }
     }
-    --e.num_holders;
+    if (!removed) return false;
+    if (more != nullptr) {
+      more->pop_back();
+      if (more->empty()) overflow.erase(index);
+    }
+    SetCount(e, n - 1);
     return true;
   }
 
-  // Drops the entry of a key whose last holder left.
-  void Release(uint32_t i, const Entry& e, size_t hash) KVT_REQUIRES(lock) {
-    table.erase(Probe{&e.key, hash});
-    free_list.push_back(i);
-  }
-
-  // The holders of a live entry, contiguous.
-  void Holders(uint32_t i, const Entry& e, absl::InlinedVector<Holder, 8>* out) const
+  void Holders(uint32_t index, const Word* e, absl::InlinedVector<Holder, 8>* out) const
       KVT_REQUIRES(lock) {
-    out->assign(e.inline_holders, e.inline_holders + std::min(e.num_holders, kInlineHolders));
-    if (e.num_holders > kInlineHolders) {
-      const auto& more = overflow.at(i);
+    out->clear();
+    const uint32_t n = HolderCount(e);
+    for (uint32_t k = 0; k < std::min(n, kInlineHolders); ++k) out->push_back(InlineHolder(e, k));
+    if (n > kInlineHolders) {
+      const auto& more = overflow.at(index);
       out->insert(out->end(), more.begin(), more.end());
     }
   }
 
   mutable sync::FastLock lock;
-  absl::flat_hash_set<uint32_t, IndexHash, IndexEq> table KVT_GUARDED_BY(lock);
-  std::vector<std::unique_ptr<Entry[]>> blocks KVT_GUARDED_BY(lock);
+  std::atomic<uint64_t> seq{0};  // odd while a writer changes the shard
+  std::atomic<const Table*> table{nullptr};
+  const std::unique_ptr<std::atomic<Word*>[]> blocks;  // entry blocks by block number
+
+  std::vector<std::unique_ptr<Table>> tables KVT_GUARDED_BY(lock);  // back() is live
+  std::vector<std::unique_ptr<Word[]>> storage KVT_GUARDED_BY(lock);
   uint32_t used KVT_GUARDED_BY(lock) = 0;  // entry indices handed out so far
+  uint64_t live KVT_GUARDED_BY(lock) = 0;  // occupied slots of the live table
   std::vector<uint32_t> free_list KVT_GUARDED_BY(lock);
   absl::flat_hash_map<uint32_t, std::vector<Holder>> overflow KVT_GUARDED_BY(lock);
-  // Keep neighbouring shards' locks off each other's cache lines.
-  char pad[64];
 };
 
-ReverseIndex::ReverseIndex(uint32_t num_shards)
+ReverseIndex::ReverseIndex(uint32_t num_shards, const SlotTable* slots)
     : num_shards_(num_shards),
-      shard_bits_(Log2(num_shards)),
-      index_bits_(32 - shard_bits_),
+      shard_bits_(static_cast<uint32_t>(std::countr_zero(num_shards))),
+      slots_(slots),
       shards_(std::make_unique<Shard[]>(num_shards)) {
-  KVT_CHECK_MSG(num_shards >= 1 && num_shards <= 4096 && std::has_single_bit(num_shards),
-                "ReverseIndex: num_shards {} is not a power of two in [1, 4096]", num_shards);
+  KVT_CHECK_MSG(num_shards >= 1 && num_shards <= kMaxIndexShards && std::has_single_bit(num_shards),
+                "ReverseIndex: num_shards {} is not a power of two in [1, {}]", num_shards,
+                kMaxIndexShards);
 }
 
 ReverseIndex::~ReverseIndex() = default;
+
+namespace {
+KeyRef MakeRef(uint32_t shard, uint32_t index) { return shard << kIndexBits | index; }
+uint32_t RefShard(KeyRef ref) { return ref >> kIndexBits; }
+uint32_t RefIndex(KeyRef ref) { return ref & (kMaxEntriesPerShard - 1); }
+}  // namespace
 
 Status ReverseIndex::Apply(std::span<const IndexOp> ops, Holder h,
                            std::span<IndexOpResult> results) {
@@ -184,90 +344,76 @@ Status ReverseIndex::Apply(std::span<const IndexOp> ops, Holder h,
   auto& hashes = scratch.hashes;
   auto& shard_of = scratch.shard_of;
   auto& order = scratch.order;
-  auto& start = scratch.group_start;
+  auto& end = scratch.group_end;
   hashes.resize(n);
   shard_of.resize(n);
   order.resize(n);
   // Counting sort of the ops by shard (stable: a key's ops keep their order).
-  start.assign(num_shards_ + 1, 0);
+  end.assign(num_shards_ + 1, 0);
   for (size_t i = 0; i < n; ++i) {
     hashes[i] = ops[i].key->Hash();
     shard_of[i] = ShardOf(hashes[i]);
-    ++start[shard_of[i] + 1];
+    ++end[shard_of[i] + 1];
   }
-  for (uint32_t s = 0; s < num_shards_; ++s) start[s + 1] += start[s];
-  for (size_t i = 0; i < n; ++i) order[start[shard_of[i]]++] = static_cast<uint32_t>(i);
-  // start[s] is now the end of group s; group s begins where group s - 1 ends.
+  for (uint32_t s = 0; s < num_shards_; ++s) end[s + 1] += end[s];
+  for (size_t i = 0; i < n; ++i) order[end[shard_of[i]]++] = static_cast<uint32_t>(i);
+  // end[s] is now where group s ends; it begins where group s - 1 ends.
 
-  const uint32_t max_entries =
-      index_bits_ >= 32 ? UINT32_MAX : static_cast<uint32_t>(uint64_t{1} << index_bits_);
   int64_t keys_delta = 0;
   int64_t holders_delta = 0;
   bool exhausted = false;
   uint32_t begin = 0;
   for (uint32_t s = 0; s < num_shards_; ++s) {
-    const uint32_t end = start[s];
-    if (begin == end) continue;
+    if (begin == end[s]) continue;
     Shard& shard = shards_[s];
     sync::FastLockHolder hold(&shard.lock);
-    for (uint32_t k = begin; k < end; ++k) {
-      const uint32_t i = order[k];
-      shard.table.prefetch(Probe{ops[i].key, hashes[i]});
+    {
+      const Table& t = *shard.tables.back();
+      for (uint32_t k = begin; k < end[s]; ++k) {
+        __builtin_prefetch(&t.slots[static_cast<uint32_t>(hashes[order[k]]) & t.mask]);
+      }
     }
-    for (uint32_t k = begin; k < end; ++k) {
+    shard.BeginWrite();
+    for (uint32_t k = begin; k < end[s]; ++k) {
       const uint32_t i = order[k];
-      const Probe probe{ops[i].key, hashes[i]};
+      const KeyWords kw = ToWords(*ops[i].key);
+      const auto h32 = static_cast<uint32_t>(hashes[i]);
       IndexOpResult& r = results[i];
       r = IndexOpResult{};
+      const Shard::Found f = shard.Find(kw, h32);
       if (ops[i].admit) {
-        uint32_t index = 0;
-        bool created = false;
-        if (shard.free_list.empty() && shard.used >= max_entries) {
-          auto it = shard.table.find(probe);
-          if (it == shard.table.end()) {
-            exhausted = true;
-            continue;
-          }
-          index = *it;
+        uint32_t index = f.index;
+        if (f.found) {
+          r.changed = shard.AddHolder(index, shard.EntryAt(index), h);
+        } else if (shard.Insert(kw, h32, f.pos, h, &index)) {
+          r.changed = true;
+          ++keys_delta;
         } else {
-          auto it = shard.table.lazy_emplace(
-              probe, [&](const auto& construct) KVT_NO_THREAD_SAFETY_ANALYSIS {
-                uint32_t fresh = 0;
-                KVT_CHECK(shard.Allocate(max_entries, &fresh));
-                Entry& e = shard.At(fresh);
-                e.key = *ops[i].key;
-                e.num_holders = 0;
-                created = true;
-                construct(fresh);
-              });
-          index = *it;
+          exhausted = true;
+          continue;
         }
-        Entry& e = shard.At(index);
         r.ref = MakeRef(s, index);
-        r.changed = shard.AddHolder(index, e, h);
-        keys_delta += created ? 1 : 0;
         holders_delta += r.changed ? 1 : 0;
       } else {
-        auto it = shard.table.find(probe);
-        if (it == shard.table.end()) continue;
-        const uint32_t index = *it;
-        Entry& e = shard.At(index);
-        r.ref = MakeRef(s, index);
-        r.changed = shard.RemoveHolder(index, e, h);
+        if (!f.found) continue;
+        Word* e = shard.EntryAt(f.index);
+        r.ref = MakeRef(s, f.index);
+        r.changed = shard.RemoveHolder(f.index, e, h);
         if (!r.changed) continue;
         --holders_delta;
-        if (e.num_holders == 0) {
-          shard.Release(index, e, hashes[i]);
+        if (HolderCount(e) == 0) {
+          shard.Erase(f.pos, f.index);
           --keys_delta;
         }
       }
     }
-    begin = end;
+    shard.EndWrite();
+    begin = end[s];
   }
-  if (keys_delta != 0) keys_.fetch_add(keys_delta, std::memory_order_relaxed);
-  if (holders_delta != 0) holders_.fetch_add(holders_delta, std::memory_order_relaxed);
+  if (keys_delta != 0) keys_.fetch_add(keys_delta, kRelaxed);
+  if (holders_delta != 0) holders_.fetch_add(holders_delta, kRelaxed);
   if (exhausted) {
-    return Status::ResourceExhausted("cluster registry: reverse-index shard is full");
+    return Status::ResourceExhausted("cluster registry: a reverse-index shard is full");
   }
   return Status::OK();
 }
@@ -281,45 +427,112 @@ void ReverseIndex::RemoveHolder(std::span<KeyRef> refs, Holder h) {
     const uint32_t s = RefShard(refs[k]);
     Shard& shard = shards_[s];
     sync::FastLockHolder hold(&shard.lock);
+    shard.BeginWrite();
     for (; k < refs.size() && RefShard(refs[k]) == s; ++k) {
       const uint32_t index = RefIndex(refs[k]);
-      Entry& e = shard.At(index);
+      Word* e = shard.EntryAt(index);
       const bool removed = shard.RemoveHolder(index, e, h);
       KVT_DCHECK_MSG(removed, "reverse index: holder {:#x} missing from entry {:#x}", h, refs[k]);
       if (!removed) continue;
       --holders_delta;
-      if (e.num_holders == 0) {
-        shard.Release(index, e, e.key.Hash());
+      if (HolderCount(e) == 0) {
+        const ObjectKey key = FromWords(e);
+        const Shard::Found f = shard.Find(ToWords(key), static_cast<uint32_t>(key.Hash()));
+        KVT_DCHECK(f.found && f.index == index);
+        shard.Erase(f.pos, index);
         --keys_delta;
       }
     }
+    shard.EndWrite();
   }
-  if (keys_delta != 0) keys_.fetch_add(keys_delta, std::memory_order_relaxed);
-  if (holders_delta != 0) holders_.fetch_add(holders_delta, std::memory_order_relaxed);
+  if (keys_delta != 0) keys_.fetch_add(keys_delta, kRelaxed);
+  if (holders_delta != 0) holders_.fetch_add(holders_delta, kRelaxed);
+}
+
+bool ReverseIndex::ReadHolders(const ObjectKey& key, size_t hash, ResolvedHolders* out) const {
+  const Shard& shard = shards_[ShardOf(hash)];
+  const KeyWords kw = ToWords(key);
+  const auto h32 = static_cast<uint32_t>(hash);
+  for (int attempt = 0; attempt < kOptimisticTries; ++attempt) {
+    out->clear();
+    const uint64_t before = shard.seq.load(std::memory_order_acquire);
+    if ((before & 1) != 0) {
+      CpuRelax();
+      continue;
+    }
+    bool retry = false;
+    bool needs_lock = false;
+    const Word* e =
+        shard.ProbeOptimistic(*shard.table.load(std::memory_order_acquire), kw, h32, &retry);
+    if (e != nullptr) {
+      const uint32_t n = HolderCount(e);
+      if (n > kInlineHolders) {
+        needs_lock = true;
+      } else {
+        for (uint32_t k = 0; k < n; ++k) {
+          const Holder holder = InlineHolder(e, k);
+          out->push_back(ResolvedHolder{holder, slots_->Identity(HolderSlot(holder))});
+        }
+      }
+    }
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (retry || shard.seq.load(kRelaxed) != before) continue;
+    if (needs_lock) break;
+    return e != nullptr;
+  }
+  out->clear();
+  sync::FastLockHolder hold(&shard.lock);
+  const Shard::Found f = shard.Find(kw, h32);
+  if (!f.found) return false;
+  absl::InlinedVector<Holder, 8> holders;
+  shard.Holders(f.index, shard.EntryAt(f.index), &holders);
+  for (Holder holder : holders) {
+    out->push_back(ResolvedHolder{holder, slots_->Identity(HolderSlot(holder))});
+  }
+  return true;
 }
 
 bool ReverseIndex::Contains(const ObjectKey& key, size_t hash, Holder h) const {
   const Shard& shard = shards_[ShardOf(hash)];
+  const KeyWords kw = ToWords(key);
+  const auto h32 = static_cast<uint32_t>(hash);
+  for (int attempt = 0; attempt < kOptimisticTries; ++attempt) {
+    const uint64_t before = shard.seq.load(std::memory_order_acquire);
+    if ((before & 1) != 0) {
+      CpuRelax();
+      continue;
+    }
+    bool retry = false;
+    bool has = false;
+    bool needs_lock = false;
+    const Word* e =
+        shard.ProbeOptimistic(*shard.table.load(std::memory_order_acquire), kw, h32, &retry);
+    if (e != nullptr) {
+      const uint32_t n = HolderCount(e);
+      needs_lock = n > kInlineHolders;
+      for (uint32_t k = 0; k < std::min(n, kInlineHolders); ++k) {
+        has = has || InlineHolder(e, k) == h;
+      }
+    }
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (retry || shard.seq.load(kRelaxed) != before) continue;
+    if (needs_lock && !has) break;
+    return has;
+  }
   sync::FastLockHolder hold(&shard.lock);
-  auto it = shard.table.find(Probe{&key, hash});
-  if (it == shard.table.end()) return false;
-  return shard.HasHolder(*it, shard.At(*it), h);
+  const Shard::Found f = shard.Find(kw, h32);
+  return f.found && shard.HasHolder(f.index, shard.EntryAt(f.index), h);
 }
 
-bool ReverseIndex::VisitHolders(const ObjectKey& key, size_t hash,
-                                absl::FunctionRef<void(std::span<const Holder>)> fn) const {
+bool ReverseIndex::VisitHoldersLocked(const ObjectKey& key, size_t hash,
+                                      absl::FunctionRef<void(std::span<const Holder>)> fn) const {
   const Shard& shard = shards_[ShardOf(hash)];
   sync::FastLockHolder hold(&shard.lock);
-  auto it = shard.table.find(Probe{&key, hash});
-  if (it == shard.table.end()) return false;
-  const Entry& e = shard.At(*it);
-  if (e.num_holders <= kInlineHolders) {
-    fn(std::span<const Holder>(e.inline_holders, e.num_holders));
-  } else {
-    absl::InlinedVector<Holder, 8> all;
-    shard.Holders(*it, e, &all);
-    fn(std::span<const Holder>(all.data(), all.size()));
-  }
+  const Shard::Found f = shard.Find(ToWords(key), static_cast<uint32_t>(hash));
+  if (!f.found) return false;
+  absl::InlinedVector<Holder, 8> holders;
+  shard.Holders(f.index, shard.EntryAt(f.index), &holders);
+  fn(std::span<const Holder>(holders.data(), holders.size()));
   return true;
 }
 
@@ -332,9 +545,9 @@ void ReverseIndex::KeysOf(std::span<KeyRef> refs, std::vector<ObjectKey>* out) c
     const Shard& shard = shards_[s];
     sync::FastLockHolder hold(&shard.lock);
     for (; k < refs.size() && RefShard(refs[k]) == s; ++k) {
-      const Entry& e = shard.At(RefIndex(refs[k]));
-      KVT_DCHECK(e.num_holders > 0);
-      out->push_back(e.key);
+      const Word* e = shard.EntryAt(RefIndex(refs[k]));
+      KVT_DCHECK(HolderCount(e) > 0);
+      out->push_back(FromWords(e));
     }
   }
 }
@@ -345,10 +558,14 @@ void ReverseIndex::ForEach(
   for (uint32_t s = 0; s < num_shards_; ++s) {
     const Shard& shard = shards_[s];
     sync::FastLockHolder hold(&shard.lock);
-    for (uint32_t index : shard.table) {
-      const Entry& e = shard.At(index);
+    const Table& t = *shard.tables.back();
+    for (uint64_t p = 0; p <= t.mask; ++p) {
+      const uint64_t v = t.slots[p].load(kRelaxed);
+      if (v == 0) continue;
+      const uint32_t index = SlotIndex(v);
+      const Word* e = shard.EntryAt(index);
       shard.Holders(index, e, &holders);
-      fn(e.key, MakeRef(s, index), std::span<const Holder>(holders.data(), holders.size()));
+      fn(FromWords(e), MakeRef(s, index), std::span<const Holder>(holders.data(), holders.size()));
     }
   }
 }
@@ -357,8 +574,9 @@ void ReverseIndex::AddMemory(RegistryMemory* memory) const {
   for (uint32_t s = 0; s < num_shards_; ++s) {
     const Shard& shard = shards_[s];
     sync::FastLockHolder hold(&shard.lock);
-    memory->index_table_bytes += shard.table.capacity() * (sizeof(uint32_t) + 1);
-    memory->entry_bytes += shard.blocks.size() * kBlockEntries * sizeof(Entry) +
+    for (const auto& t : shard.tables) memory->index_table_bytes += (t->mask + 1) * sizeof(Word);
+    memory->entry_bytes += shard.storage.size() * kBlockEntries * kWordsPerEntry * sizeof(Word) +
+                           kMaxBlocks * sizeof(Word*) +
                            shard.free_list.capacity() * sizeof(uint32_t);
     memory->overflow_bytes +=
         shard.overflow.capacity() * (sizeof(std::pair<uint32_t, std::vector<Holder>>) + 1);

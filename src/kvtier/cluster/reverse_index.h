@@ -2,17 +2,27 @@
 // on its own outside cluster/ and its tests.
 //
 // A holder is a (worker slot, location id) pair packed into 32 bits. Each key is stored once,
-// in an entry of its shard (56 bytes: the 44-byte ObjectKey, two inline holders, a count; a
-// third and later holders go to the shard's overflow map). Entries live in fixed-size blocks,
-// so an entry never moves: its KeyRef (shard, entry index) is a stable 32-bit handle for as long
-// as the key has a holder, and per-worker key sets store KeyRefs instead of keys. The shard's
-// hash table stores only entry indices (4 bytes a slot) and hashes and compares through the
-// entries.
+// in a 56-byte entry of its shard: the 44-byte ObjectKey, a holder count and two inline
+// holders (a third and later holders go to the shard's overflow map). Entries live in
+// 1024-entry blocks that never move, so an entry's KeyRef (shard, entry index) is a stable
+// 32-bit handle for as long as the key has a holder: per-worker key sets store KeyRefs, not
+// keys. Each shard finds entries through its own open-addressing table (linear probing,
+// backward-shift deletion) of 8-byte slots: 32 bits of the key's hash and the entry index.
+// Tables grow x2 at 70% load and never shrink; a replaced table is kept until the index is
+// destroyed, because a lock-free reader may still be probing it (at most the size of the live
+// table: growth is geometric).
 //
-// Concurrency: each shard has its own FastLock; every method takes the shard locks it needs,
-// one at a time, and releases them before returning. Callers may hold a worker lock (the order
-// is worker -> shard) but no shard lock. A KeyRef is only meaningful to the caller that keeps
-// its holder in place: RegistryTree changes a worker's holders only under that worker's lock.
+// Concurrency:
+//  - Writers (Apply, RemoveHolder) hold the shard's FastLock and bracket their changes with
+//    the shard's sequence number (odd while changing). Callers may hold a worker lock (order:
+//    worker -> shard) but no shard lock.
+//  - ReadHolders and Contains read optimistically, without any read-modify-write: every
+//    shared word is an atomic, and an unchanged sequence number validates what was read (the
+//    seqlock pattern). After a few failed tries, or for a key with more than two holders, they
+//    take the shard lock instead. So independent lookups overlap their cache misses.
+//  - KeysOf, ForEach and VisitHoldersLocked take the shard lock.
+// A KeyRef is only meaningful to the caller that keeps its holder in place: RegistryTree
+// changes a worker's holders only under that worker's lock.
 #pragma once
 
 #include <atomic>
@@ -21,8 +31,10 @@
 #include <span>
 #include <vector>
 
+#include <absl/container/inlined_vector.h>
 #include <absl/functional/function_ref.h>
 
+#include "kvtier/cluster/slot_table.h"
 #include "kvtier/cluster/types.h"
 #include "kvtier/common/status.h"
 
@@ -31,6 +43,9 @@ namespace kvtier::cluster {
 using LocationId = uint8_t;
 inline constexpr uint32_t kMaxLocations = 256;
 inline constexpr uint32_t kMaxWorkerSlots = (1u << 24) - 1;
+inline constexpr uint32_t kMaxIndexShards = 1024;
+// Entries per shard (keys x 1 at a time): 4M, so 256M keys with 64 shards.
+inline constexpr uint32_t kMaxEntriesPerShard = 1u << 22;
 
 // (worker slot, location) in 32 bits: slot in the high 24, location in the low 8.
 using Holder = uint32_t;
@@ -38,7 +53,7 @@ constexpr Holder MakeHolder(uint32_t slot, LocationId location) { return slot <<
 constexpr uint32_t HolderSlot(Holder h) { return h >> 8; }
 constexpr LocationId HolderLocation(Holder h) { return static_cast<LocationId>(h & 0xff); }
 
-// An entry's handle: shard in the high bits, entry index in the low bits.
+// An entry's handle: shard in the high 10 bits, entry index in the low 22.
 using KeyRef = uint32_t;
 
 struct IndexOp {
@@ -51,10 +66,18 @@ struct IndexOpResult {
   bool changed = false;  // the holder was added (admit) or removed (evict)
 };
 
+// A holder with the identity its slot named at the moment the holder was read.
+struct ResolvedHolder {
+  Holder holder = 0;
+  const WorkerIdentity* identity = nullptr;
+};
+using ResolvedHolders = absl::InlinedVector<ResolvedHolder, 4>;
+
 class ReverseIndex {
  public:
-  // num_shards: a power of two in [1, 4096].
-  explicit ReverseIndex(uint32_t num_shards);
+  // num_shards: a power of two in [1, kMaxIndexShards]. `slots` resolves holders to
+  // identities and must outlive the index.
+  ReverseIndex(uint32_t num_shards, const SlotTable* slots);
   ~ReverseIndex();
   ReverseIndex(const ReverseIndex&) = delete;
   ReverseIndex& operator=(const ReverseIndex&) = delete;
@@ -62,22 +85,25 @@ class ReverseIndex {
   // Applies `ops` for holder `h`: an admit adds the holder (creating the entry), an evict
   // removes it (dropping the entry with its last holder). The ops of one key apply in order;
   // ops on different keys are grouped by shard. results[i] (results.size() == ops.size()) says
-  // what ops[i] did; when results[i].changed, results[i].ref is the key's entry. A shard whose
-  // entries are exhausted fails the admits of new keys in it (changed = false) and the call
-  // returns kResourceExhausted; everything else is applied.
+  // what ops[i] did; when results[i].changed, results[i].ref is the key's entry. A shard out of
+  // entries fails the admits of new keys in it (changed = false) and the call returns
+  // kResourceExhausted; everything else is applied.
   Status Apply(std::span<const IndexOp> ops, Holder h, std::span<IndexOpResult> results);
 
   // Removes holder `h` from every entry in `refs` (each must have it); sorts `refs`.
   void RemoveHolder(std::span<KeyRef> refs, Holder h);
 
-  // Whether `key` (hash = key.Hash()) has holder `h`.
+  // The holders of `key` (hash = key.Hash()) as of one instant during the call, each with its
+  // slot's identity at that instant; false (and `out` empty) when the key has none.
+  bool ReadHolders(const ObjectKey& key, size_t hash, ResolvedHolders* out) const;
+
+  // Whether `key` has holder `h`.
   bool Contains(const ObjectKey& key, size_t hash, Holder h) const;
 
   // Calls fn(holders) under the key's shard lock when the key has holders; returns whether it
-  // did. Holders come in no particular order. fn must be short and must not call into the
-  // index or take a lock that ranks above a shard lock.
-  bool VisitHolders(const ObjectKey& key, size_t hash,
-                    absl::FunctionRef<void(std::span<const Holder>)> fn) const;
+  // did. fn must be short and must not call into the index or take a lock.
+  bool VisitHoldersLocked(const ObjectKey& key, size_t hash,
+                          absl::FunctionRef<void(std::span<const Holder>)> fn) const;
 
   // Appends the keys of `refs` (each must be live) to `out`, in KeyRef order; sorts `refs`.
   void KeysOf(std::span<KeyRef> refs, std::vector<ObjectKey>* out) const;
@@ -102,19 +128,10 @@ class ReverseIndex {
                ? 0
                : static_cast<uint32_t>(static_cast<uint64_t>(hash) >> (64 - shard_bits_));
   }
-  KeyRef MakeRef(uint32_t shard, uint32_t index) const {
-    return static_cast<KeyRef>((static_cast<uint64_t>(shard) << index_bits_) | index);
-  }
-  uint32_t RefShard(KeyRef ref) const {
-    return static_cast<uint32_t>(static_cast<uint64_t>(ref) >> index_bits_);
-  }
-  uint32_t RefIndex(KeyRef ref) const {
-    return static_cast<uint32_t>(ref & ((uint64_t{1} << index_bits_) - 1));
-  }
 
   const uint32_t num_shards_;
   const uint32_t shard_bits_;
-  const uint32_t index_bits_;  // 32 - shard_bits_
+  const SlotTable* const slots_;
   std::unique_ptr<Shard[]> shards_;
   // Totals, updated once per call with the call's net change.
   std::atomic<int64_t> keys_{0};

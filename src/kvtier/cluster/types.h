@@ -24,8 +24,9 @@ inline constexpr size_t kMaxLocationLength = 128;
 inline constexpr size_t kMaxAddressLength = 1024;
 
 struct RegistryOptions {
-  // Reverse-index shards (power of two, 1..4096). Each has its own lock.
-  uint32_t num_shards = 256;
+  // Reverse-index shards (power of two, 1..1024). Each has its own writer lock and holds at
+  // most 4M keys.
+  uint32_t num_shards = 64;
   // Registered workers at once (1..2^24 - 1). A slot table of this many pointers is allocated
   // up front (8 bytes each).
   uint32_t max_workers = 4096;

@@ -8,13 +8,10 @@
 
 namespace kvtier::cluster {
 
-WorkerNode::WorkerNode(const WorkerRegistration& registration, uint64_t instance_uid, uint32_t slot,
+WorkerNode::WorkerNode(const WorkerIdentity* identity, uint32_t slot, bool expects_heartbeats,
                        TimePoint now)
-    : instance_id_(registration.instance_id),
-      instance_uid_(instance_uid),
-      worker_id_(registration.worker_id),
-      address_(registration.address),
-      expects_heartbeats_(registration.expects_heartbeats),
+    : identity_(identity),
+      expects_heartbeats_(expects_heartbeats),
       slot_(slot),
       registration_time_(now),
       last_heartbeat_(now) {}
@@ -156,7 +153,7 @@ Status WorkerNode::StartSync(LocationId location, std::string_view sync_id,
       if (now <= sync_->deadline) {
         return Status::FailedPrecondition(
             fmt::format("cluster registry: worker {}/{} is already syncing (sync id '{}')",
-                        instance_id_, worker_id_, sync_->sync_id));
+                        instance_id(), worker_id(), sync_->sync_id));
       }
       *failed_previous = true;  // stalled past its deadline: replaced
     } else if (sync_->location != location) {
@@ -189,7 +186,7 @@ Result<SyncBatchResult> WorkerNode::AddSyncBatch(LocationId location, std::strin
   if (!SyncingAt(location) || sync_->sync_id != sync_id) {
     return MakeError(Status::FailedPrecondition(
         fmt::format("cluster registry: worker {}/{} has no sync '{}' in progress for this location",
-                    instance_id_, worker_id_, sync_id)));
+                    instance_id(), worker_id(), sync_id)));
   }
   SyncSession& session = *sync_;
   if (batch_index >= session.expected_batch_count) {
@@ -230,7 +227,7 @@ Result<SyncEndResult> WorkerNode::EndSync(LocationId location, std::string_view 
   if (!sync_.has_value() || sync_->sync_id != sync_id || sync_->location != location) {
     return MakeError(Status::FailedPrecondition(
         fmt::format("cluster registry: worker {}/{} has no sync '{}' for this location",
-                    instance_id_, worker_id_, sync_id)));
+                    instance_id(), worker_id(), sync_id)));
   }
   SyncSession& session = *sync_;
   SyncEndResult result;
@@ -269,8 +266,8 @@ std::optional<ExpiredSync> WorkerNode::ExpireSync(TimePoint now, const LocationT
     return std::nullopt;
   }
   ExpiredSync expired;
-  expired.instance_id = instance_id_;
-  expired.worker_id = worker_id_;
+  expired.instance_id = instance_id();
+  expired.worker_id = worker_id();
   expired.location = locations.Name(sync_->location);
   expired.sync_id = sync_->sync_id;
   expired.missing_batches = static_cast<uint32_t>(MissingBatches().size());
@@ -303,9 +300,9 @@ std::optional<WorkerSyncInfo> WorkerNode::SyncInfo(const LocationTable& location
 
 WorkerInfo WorkerNode::Info(const LocationTable& locations) const {
   WorkerInfo info;
-  info.instance_id = instance_id_;
-  info.worker_id = worker_id_;
-  info.address = address_;
+  info.instance_id = instance_id();
+  info.worker_id = worker_id();
+  info.address = address();
   info.expects_heartbeats = expects_heartbeats_;
   info.registration_time = registration_time_;
   info.last_heartbeat = last_heartbeat_;

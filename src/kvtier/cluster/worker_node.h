@@ -29,17 +29,16 @@ namespace kvtier::cluster {
 
 class WorkerNode : public std::enable_shared_from_this<WorkerNode> {
  public:
-  WorkerNode(const WorkerRegistration& registration, uint64_t instance_uid, uint32_t slot,
-             TimePoint now);
+  // `identity` comes from the registry's SlotTable and outlives the node.
+  WorkerNode(const WorkerIdentity* identity, uint32_t slot, bool expects_heartbeats, TimePoint now);
   WorkerNode(const WorkerNode&) = delete;
   WorkerNode& operator=(const WorkerNode&) = delete;
 
   // Immutable; readable without the lock.
-  const std::string& instance_id() const { return instance_id_; }
-  // Distinguishes incarnations of an instance id (an instance removed and registered again).
-  uint64_t instance_uid() const { return instance_uid_; }
-  WorkerId worker_id() const { return worker_id_; }
-  const std::string& address() const { return address_; }
+  const WorkerIdentity& identity() const { return *identity_; }
+  const std::string& instance_id() const { return *identity_->instance_id; }
+  WorkerId worker_id() const { return identity_->worker_id; }
+  const std::string& address() const { return identity_->address; }
   bool expects_heartbeats() const { return expects_heartbeats_; }
   uint32_t slot() const { return slot_; }
   TimePoint registration_time() const { return registration_time_; }
@@ -137,10 +136,7 @@ class WorkerNode : public std::enable_shared_from_this<WorkerNode> {
                   uint32_t* added, uint32_t* removed) KVT_REQUIRES(lock_);
   uint64_t ClearState(LocationState& state, ReverseIndex& index) KVT_REQUIRES(lock_);
 
-  const std::string instance_id_;
-  const uint64_t instance_uid_;
-  const WorkerId worker_id_;
-  const std::string address_;
+  const WorkerIdentity* const identity_;
   const bool expects_heartbeats_;
   const uint32_t slot_;
   const TimePoint registration_time_;
