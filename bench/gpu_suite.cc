@@ -19,8 +19,9 @@
 
 namespace kvtier::bench {
 Status RunGpuSuite(const SuiteOptions&, Reporter*) {
-  return Status::NotSupported("kvtier bench gpu: this build has no CUDA (configure with "
-                              "-DKVT_WITH_CUDA=ON, e.g. the cuda preset)");
+  return Status::NotSupported(
+      "kvtier bench gpu: this build has no CUDA (configure with "
+      "-DKVT_WITH_CUDA=ON, e.g. the cuda preset)");
 }
 }  // namespace kvtier::bench
 
@@ -54,10 +55,10 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-#define BENCH_CUDA(call)                                                         \
-  do {                                                                           \
-    const cudaError_t e_ = (call);                                               \
-    if (e_ != cudaSuccess) return gpu::CudaStatus(#call, e_);                    \
+#define BENCH_CUDA(call)                                      \
+  do {                                                        \
+    const cudaError_t e_ = (call);                            \
+    if (e_ != cudaSuccess) return gpu::CudaStatus(#call, e_); \
   } while (false)
 
 template <typename T>
@@ -121,9 +122,9 @@ Status MeasureMemcpy(uint64_t bytes, int rounds, Baselines* out) {
   out->d2h = gb / run([&] { copy(host, dev, cudaMemcpyDeviceToHost, s1); });
   out->h2d = gb / run([&] { copy(dev, host, cudaMemcpyHostToDevice, s1); });
   out->bidir = 2 * gb / run([&] {
-    copy(host, dev, cudaMemcpyDeviceToHost, s1);
-    copy(dev2, host2, cudaMemcpyHostToDevice, s2);
-  });
+                 copy(host, dev, cudaMemcpyDeviceToHost, s1);
+                 copy(dev2, host2, cudaMemcpyHostToDevice, s2);
+               });
   // One 32 MiB chunk H2D, latency.
   std::vector<double> us;
   for (int i = 0; i < 20; ++i) {
@@ -258,17 +259,18 @@ Status MeasureKernels(const SuiteOptions& options, const Baselines& base, Report
 // A `kvtier server` child process (this executable), stopped by the destructor.
 class ServerProcess {
  public:
-  static Result<std::unique_ptr<ServerProcess>> Start(const std::string& endpoint,
-                                                      const std::string& l1_size) {
+  static Result<std::unique_ptr<ServerProcess> > Start(const std::string& endpoint,
+                                                       const std::string& l1_size) {
     int out[2];
     if (::pipe(out) != 0) return MakeError(Status::Internal("pipe failed"));
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_adddup2(&actions, out[1], 1);
     posix_spawn_file_actions_addclose(&actions, out[0]);
-    std::vector<std::string> args = {"kvtier",        "--log-level", "warn",   "server",
-                                     "--endpoint",    endpoint,      "--no-admin",
-                                     "--l1-size",     l1_size,       "--transfer-threads", "2"};
+    std::vector<std::string> args = {
+        "kvtier", "--log-level", "warn",      "server", "--endpoint",
+        endpoint, "--no-admin",  "--l1-size", l1_size,  "--transfer-threads",
+        "2"};
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -329,7 +331,8 @@ Status MeasureServer(const SuiteOptions& options, const Model& m, const Baseline
   }
   protocol::Layout layout{m.layers, blocks, m.block, m.heads, m.dim, protocol::DType::kBf16,
                           m.format, {}};
-  KVT_ASSIGN_OR_RETURN(auto reg, gpu::DescribeCudaKvCache("bench", m.name, 1, 0, layout, layers, 0));
+  KVT_ASSIGN_OR_RETURN(auto reg,
+                       gpu::DescribeCudaKvCache("bench", m.name, 1, 0, layout, layers, 0));
   Must(client->RegisterKvCache(reg), "register");
   KVT_ASSIGN_OR_RETURN(gpu::EngineEvent event, gpu::EngineEvent::Create(0));
   cudaStream_t stream;
@@ -429,8 +432,8 @@ Status MeasureServer(const SuiteOptions& options, const Model& m, const Baseline
       Must(client->EndSession(rid), "end");
     }
     std::sort(us.begin(), us.end());
-    reporter->Add({fmt::format("server_retrieve_1chunk_{}_p50_us", m.name), us[us.size() / 2],
-                   "us", "memcpy_pinned_h2d_1chunk_us", base.one_chunk_h2d_us});
+    reporter->Add({fmt::format("server_retrieve_1chunk_{}_p50_us", m.name), us[us.size() / 2], "us",
+                   "memcpy_pinned_h2d_1chunk_us", base.one_chunk_h2d_us});
   }
   Must(client->UnregisterKvCache("bench"), "unregister");
   client->Close();
@@ -453,8 +456,8 @@ Status RunGpuSuite(const SuiteOptions& options, Reporter* reporter) {
                                     options.quick ? 2 : 10, &base));
   reporter->Add({"memcpy_pinned_d2h_GBps", base.d2h, "GB/s", std::nullopt, std::nullopt});
   reporter->Add({"memcpy_pinned_h2d_GBps", base.h2d, "GB/s", std::nullopt, std::nullopt});
-  reporter->Add({"memcpy_pinned_bidirectional_GBps", base.bidir, "GB/s", std::nullopt,
-                 std::nullopt});
+  reporter->Add(
+      {"memcpy_pinned_bidirectional_GBps", base.bidir, "GB/s", std::nullopt, std::nullopt});
   KVT_RETURN_IF_ERROR(MeasureKernels(options, base, reporter));
   KVT_RETURN_IF_ERROR(MeasureServer(options, kLlama, base, /*report_latency=*/true, reporter));
   KVT_RETURN_IF_ERROR(MeasureServer(options, kMla, base, /*report_latency=*/false, reporter));

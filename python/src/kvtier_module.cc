@@ -425,7 +425,8 @@ std::array<uint8_t, N> ToFixedBytes(py::handle value, const std::string& what) {
                                 ? std::string(py::reinterpret_borrow<py::bytes>(value))
                                 : std::string(py::bytes(py::reinterpret_borrow<py::object>(value)));
   if (bytes.size() != N) {
-    throw py::value_error(fmt::format("{} must be exactly {} bytes, got {}", what, N, bytes.size()));
+    throw py::value_error(
+        fmt::format("{} must be exactly {} bytes, got {}", what, N, bytes.size()));
   }
   std::array<uint8_t, N> out;
   std::memcpy(out.data(), bytes.data(), N);
@@ -446,8 +447,7 @@ protocol::RegisterKvCacheRequest ToRegistration(const std::string& instance_id,
                                                 const std::string& model, py::handle layout,
                                                 const std::string& shm_name, py::handle shm_size,
                                                 py::handle world_size, py::handle worker_rank,
-                                                const std::string& backend,
-                                                py::handle device_uuid,
+                                                const std::string& backend, py::handle device_uuid,
                                                 py::handle cuda_ipc_handles) {
   protocol::RegisterKvCacheRequest r;
   r.instance_id = instance_id;
@@ -489,8 +489,8 @@ py::dict RegistrationDict(const protocol::RegisterKvCacheRequest& r) {
   d["shm_name"] = r.shm_name;
   d["shm_size"] = r.shm_size;
   if (r.backend == "cuda") {
-    d["device_uuid"] = py::bytes(reinterpret_cast<const char*>(r.device_uuid.data()),
-                                 r.device_uuid.size());
+    d["device_uuid"] =
+        py::bytes(reinterpret_cast<const char*>(r.device_uuid.data()), r.device_uuid.size());
     py::list handles;
     for (const auto& h : r.cuda_ipc_handles) handles.append(HandleToPython(h));
     d["cuda_ipc_handles"] = handles;
@@ -670,8 +670,7 @@ class PyClient {
   std::shared_ptr<Future> RegisterKvCache(const std::string& instance_id, const std::string& model,
                                           const py::object& layout, const std::string& shm_name,
                                           const py::object& shm_size, const py::object& world_size,
-                                          const py::object& worker_rank,
-                                          const std::string& backend,
+                                          const py::object& worker_rank, const std::string& backend,
                                           const py::object& device_uuid,
                                           const py::object& cuda_ipc_handles) {
     protocol::RegisterKvCacheRequest r =
@@ -910,10 +909,9 @@ void Init(py::module_& m) {
              return false;
            })
       .def("register_kv_cache", &PyClient::RegisterKvCache, py::kw_only(), py::arg("instance_id"),
-           py::arg("model"), py::arg("layout"), py::arg("shm_name") = "",
-           py::arg("shm_size") = 0, py::arg("world_size") = 1, py::arg("worker_rank") = 0,
-           py::arg("backend") = "host", py::arg("device_uuid") = py::none(),
-           py::arg("cuda_ipc_handles") = py::none())
+           py::arg("model"), py::arg("layout"), py::arg("shm_name") = "", py::arg("shm_size") = 0,
+           py::arg("world_size") = 1, py::arg("worker_rank") = 0, py::arg("backend") = "host",
+           py::arg("device_uuid") = py::none(), py::arg("cuda_ipc_handles") = py::none())
       .def("unregister_kv_cache", &PyClient::UnregisterKvCache, py::arg("instance_id"))
       .def("get_chunk_size", &PyClient::GetChunkSize)
       .def("lookup", &PyClient::Lookup, py::arg("key") = py::none(), py::kw_only(),

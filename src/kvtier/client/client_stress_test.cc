@@ -100,8 +100,7 @@ std::optional<protocol::Reply> EchoReply(const FakeServer::Received& r) {
           return protocol::LookupHitsReply{true, static_cast<uint32_t>(std::stoul(req.request_id))};
         } else if constexpr (std::is_same_v<T, protocol::StoreRequest>) {
           return protocol::StoreReply{static_cast<uint32_t>(std::stoul(req.key.request_id)),
-                                      static_cast<uint32_t>(req.block_ids.size()), 0,
-                                      std::nullopt};
+                                      static_cast<uint32_t>(req.block_ids.size()), 0, std::nullopt};
         } else if constexpr (std::is_same_v<T, protocol::QueryPrefetchStatusRequest>) {
           return protocol::PrefetchStatusReply{true,
                                                static_cast<uint32_t>(std::stoul(req.request_id))};

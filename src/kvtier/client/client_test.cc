@@ -216,8 +216,8 @@ TEST(ClientTest, TypedMethodsSendTheirRequestAndReturnTheirReply) {
   reg.shm_size = 2 << 20;
   protocol::LookupRequest lookup{MakeKey("r1"), 2, 500};
   lookup.key.worker_rank.reset();
-  protocol::StoreRequest store{"worker-0", MakeKey("r1"), {1, 2, 3}};
-  protocol::RetrieveRequest retrieve{"worker-0", MakeKey("r1"), {4, 5}, 4};
+  protocol::StoreRequest store{"worker-0", MakeKey("r1"), {1, 2, 3}, std::nullopt};
+  protocol::RetrieveRequest retrieve{"worker-0", MakeKey("r1"), {4, 5}, 4, std::nullopt};
   protocol::Key free_key = MakeKey("r1");
   free_key.worker_rank.reset();
 
@@ -230,7 +230,7 @@ TEST(ClientTest, TypedMethodsSendTheirRequestAndReturnTheirReply) {
             (protocol::PrefetchStatusReply{false, 0}));
   EXPECT_EQ(Must(client->QueryPrefetchLookupHits("r1")), (protocol::LookupHitsReply{true, 5}));
   EXPECT_EQ(Must(client->Store(store)), (protocol::StoreReply{3, 2, 1, std::nullopt}));
-  EXPECT_EQ(Must(client->Retrieve(retrieve)), protocol::RetrieveReply{4, std::nullopt});
+  EXPECT_EQ(Must(client->Retrieve(retrieve)), (protocol::RetrieveReply{4, std::nullopt}));
   EXPECT_EQ(Must(client->FreeLookupLocks(free_key)), protocol::FreeLookupLocksReply{6});
   EXPECT_EQ(Must(client->EndSession("r1")), protocol::EndSessionReply{9});
   EXPECT_EQ(Must(client->Ping("worker-0")), protocol::PingReply{true});
@@ -295,7 +295,7 @@ TEST_P(ClientErrorReplyTest, ErrorReplyBecomesTheServersStatus) {
                                 retryable};
   });
   auto client = MustConnect(server);
-  Status s = StatusOf(client->Store({"w", MakeKey("r"), {1}}));
+  Status s = StatusOf(client->Store({"w", MakeKey("r"), {1}, std::nullopt}));
   EXPECT_EQ(s.code(), code);
   EXPECT_EQ(s.message(), fmt::format("server says {}", static_cast<int>(code)));
   EXPECT_EQ(s.retryable(), retryable);
@@ -344,7 +344,7 @@ TEST(ClientTest, ErrorReplyWithCodeZeroIsProtocolError) {
 TEST(ClientTest, ErrorReplyWithOpcodeZeroStillAnswersItsRequest) {
   FakeServer server(Hold);
   auto client = MustConnect(server);
-  auto f = client->Store({"w", MakeKey("r"), {1}});
+  auto f = client->Store({"w", MakeKey("r"), {1}, std::nullopt});
   ASSERT_TRUE(server.WaitForRequests(1, kLong));
   const FakeServer::Received r = server.requests()[0];
   server.ReplyAs(r, Opcode::kInvalid,
@@ -357,7 +357,7 @@ TEST(ClientTest, ErrorReplyWithOpcodeZeroStillAnswersItsRequest) {
 TEST(ClientTest, ReplyOfTheWrongTypeIsProtocolError) {
   FakeServer server(Hold);
   auto client = MustConnect(server);
-  auto f = client->Store({"w", MakeKey("r"), {1}});
+  auto f = client->Store({"w", MakeKey("r"), {1}, std::nullopt});
   ASSERT_TRUE(server.WaitForRequests(1, kLong));
   server.ReplyAs(server.requests()[0], Opcode::kClear, protocol::ClearReply{1});
   Status s = StatusOf(f);
@@ -369,7 +369,7 @@ TEST(ClientTest, ReplyOfTheWrongTypeIsProtocolError) {
 TEST(ClientTest, MalformedReplyPayloadIsProtocolError) {
   FakeServer server(Hold);
   auto client = MustConnect(server);
-  auto f = client->Store({"w", MakeKey("r"), {1}});
+  auto f = client->Store({"w", MakeKey("r"), {1}, std::nullopt});
   ASSERT_TRUE(server.WaitForRequests(1, kLong));
   const FakeServer::Received r = server.requests()[0];
   std::vector<uint8_t> header = protocol::EncodeHeader(
@@ -580,7 +580,7 @@ TEST(ClientTest, CloseCancelsPendingAndLaterCalls) {
 TEST(ClientTest, DestroyingTheClientCancelsWhatIsPending) {
   FakeServer server(Hold);
   auto client = MustConnect(server);
-  auto f = client->Store({"w", MakeKey("r"), {1}});
+  auto f = client->Store({"w", MakeKey("r"), {1}, std::nullopt});
   ASSERT_TRUE(server.WaitForRequests(1, kLong));
   client.reset();
   ASSERT_TRUE(f.Query());

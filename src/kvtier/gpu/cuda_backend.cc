@@ -61,9 +61,9 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::Create(
     std::vector<uint64_t> group;
     for (size_t layer : layers) group.push_back(offsets[layer]);
     if (Status s = geometry.CheckLayerExtents(group, mapping->size()); !s.ok()) {
-      return MakeError(Status::InvalidArgument(fmt::format(
-          "layers {} in one {}-byte CUDA allocation: {}", fmt::join(layers, ", "),
-          mapping->size(), s.message())));
+      return MakeError(Status::InvalidArgument(
+          fmt::format("layers {} in one {}-byte CUDA allocation: {}", fmt::join(layers, ", "),
+                      mapping->size(), s.message())));
     }
     for (size_t layer : layers) {
       addresses[layer] = reinterpret_cast<uint64_t>(mapping->base()) + offsets[layer] +
@@ -117,7 +117,8 @@ Status CudaBackend::Init(std::span<const uint64_t> layer_addresses) {
         "visible?): {}",
         s.message()));
   }
-  host_to_device_ = reinterpret_cast<int64_t>(mapped) - reinterpret_cast<int64_t>(options_.host_base);
+  host_to_device_ =
+      reinterpret_cast<int64_t>(mapped) - reinterpret_cast<int64_t>(options_.host_base);
   KVT_CUDA_RETURN_IF_ERROR(cudaMalloc(&dev_layers_, layer_addresses.size() * sizeof(uint64_t)));
   KVT_CUDA_RETURN_IF_ERROR(cudaMemcpy(dev_layers_, layer_addresses.data(),
                                       layer_addresses.size() * sizeof(uint64_t),
@@ -199,8 +200,8 @@ Status CudaBackend::Run(bool gather, Lane* lane, std::span<const uint32_t> block
     cudaEvent_t engine_event = nullptr;
     if (cudaError_t err = cudaIpcOpenEventHandle(&engine_event, h); err != cudaSuccess) {
       Status s = CudaStatus("cudaIpcOpenEventHandle", err);
-      return Status::InvalidArgument(
-          fmt::format("{}: the engine's event_ipc_handle could not be opened: {}", op, s.message()));
+      return Status::InvalidArgument(fmt::format(
+          "{}: the engine's event_ipc_handle could not be opened: {}", op, s.message()));
     }
     const cudaError_t err = cudaStreamWaitEvent(lane->stream, engine_event, 0);
     cudaEventDestroy(engine_event);  // the wait is enqueued; the event may go

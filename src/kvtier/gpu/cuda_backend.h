@@ -45,9 +45,9 @@ class CudaBackend final : public transfer::TransferBackend {
   // Validates the layout, finds the device by UUID, opens every layer's IPC handle (shared with
   // other registrations of the same allocation) and checks each layer lies inside its
   // allocation, without overlaps.
-  static Result<std::unique_ptr<CudaBackend>> Create(const protocol::RegisterKvCacheRequest& request,
-                                                     uint32_t chunk_size,
-                                                     const CudaBackendOptions& options);
+  static Result<std::unique_ptr<CudaBackend>> Create(
+      const protocol::RegisterKvCacheRequest& request, uint32_t chunk_size,
+      const CudaBackendOptions& options);
   // Layers already addressable in this process (tests, benchmarks): layer_ptrs[i] is where
   // layer i's layer_offsets entry points (for cross_layer, the tensor's base every time).
   static Result<std::unique_ptr<CudaBackend>> CreateLocal(const protocol::Layout& layout,
@@ -76,7 +76,8 @@ class CudaBackend final : public transfer::TransferBackend {
   Status InitLane(Lane* lane);
   void DestroyLane(Lane* lane);
 
-  Status GatherImpl(std::span<const uint32_t> block_ids, std::span<const std::span<uint8_t>> objects,
+  Status GatherImpl(std::span<const uint32_t> block_ids,
+                    std::span<const std::span<uint8_t>> objects,
                     transfer::DeviceOrder* order) override;
   Status ScatterImpl(std::span<const std::span<const uint8_t>> objects,
                      std::span<const uint32_t> block_ids, uint32_t skip_first_n_tokens,

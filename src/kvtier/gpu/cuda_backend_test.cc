@@ -84,8 +84,8 @@ std::vector<Case> Cases() {
         s.dim = f == KvFormat::kMla ? 24 : 8;
         s.chunk = 16;
         s.aligned = aligned;
-        out.push_back({s, fmt::format("{}_{}_{}", protocol::KvFormatName(f),
-                                      protocol::DTypeName(d), aligned ? "aligned" : "odd")});
+        out.push_back({s, fmt::format("{}_{}_{}", protocol::KvFormatName(f), protocol::DTypeName(d),
+                                      aligned ? "aligned" : "odd")});
       }
     }
   }

@@ -42,8 +42,8 @@ std::string UuidString(const protocol::DeviceUuid& u) {
   return fmt::format(
       "GPU-{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}"
       "{:02x}{:02x}",
-      u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13],
-      u[14], u[15]);
+      u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14],
+      u[15]);
 }
 
 Result<int> DeviceOrdinalForUuid(const protocol::DeviceUuid& uuid) {
@@ -81,9 +81,9 @@ Result<AddressRange> AllocationOf(const void* device_ptr) {
   size_t size = 0;
   if (CUresult r = get_range(&base, &size, reinterpret_cast<CUdeviceptr>(device_ptr));
       r != CUDA_SUCCESS) {
-    return MakeError(Status::InvalidArgument(fmt::format(
-        "address {} is not in device memory (cuMemGetAddressRange: error {})", device_ptr,
-        static_cast<int>(r))));
+    return MakeError(Status::InvalidArgument(
+        fmt::format("address {} is not in device memory (cuMemGetAddressRange: error {})",
+                    device_ptr, static_cast<int>(r))));
   }
   return AddressRange{static_cast<uint64_t>(base), static_cast<uint64_t>(size)};
 }
@@ -181,8 +181,7 @@ Result<std::shared_ptr<const IpcMapping>> IpcMapping::Open(int device,
       return MakeError(range.error());
     }
     MappingTable::Entry entry;
-    entry.mapping =
-        std::make_shared<IpcMapping>(device, static_cast<uint8_t*>(base), range->size);
+    entry.mapping = std::make_shared<IpcMapping>(device, static_cast<uint8_t*>(base), range->size);
     it = t.entries.emplace(key, std::move(entry)).first;
   }
   ++it->second.refs;

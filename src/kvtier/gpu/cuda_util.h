@@ -15,9 +15,9 @@ namespace kvtier::gpu {
 
 // kInternal "<what>: <CUDA's text> (<code name>)". Clears the thread's last error.
 Status CudaStatus(const char* what, cudaError_t err);
-#define KVT_CUDA_RETURN_IF_ERROR(call)                                              \
-  do {                                                                              \
-    const cudaError_t kvt_cuda_err_ = (call);                                       \
+#define KVT_CUDA_RETURN_IF_ERROR(call)                                                        \
+  do {                                                                                        \
+    const cudaError_t kvt_cuda_err_ = (call);                                                 \
     if (kvt_cuda_err_ != cudaSuccess) return ::kvtier::gpu::CudaStatus(#call, kvt_cuda_err_); \
   } while (false)
 
@@ -77,7 +77,8 @@ class IpcMapping {
   // Mappings open now, process-wide (for tests and metrics).
   static size_t OpenCount();
 
-  IpcMapping(int device, uint8_t* base, uint64_t size) : device_(device), base_(base), size_(size) {}
+  IpcMapping(int device, uint8_t* base, uint64_t size)
+      : device_(device), base_(base), size_(size) {}
 
  private:
   const int device_;

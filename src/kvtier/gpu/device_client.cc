@@ -8,13 +8,9 @@
 
 namespace kvtier::gpu {
 
-Result<protocol::RegisterKvCacheRequest> DescribeCudaKvCache(std::string instance_id,
-                                                             std::string model,
-                                                             uint16_t world_size,
-                                                             uint16_t worker_rank,
-                                                             protocol::Layout layout,
-                                                             std::span<void* const> layers,
-                                                             int device) {
+Result<protocol::RegisterKvCacheRequest> DescribeCudaKvCache(
+    std::string instance_id, std::string model, uint16_t world_size, uint16_t worker_rank,
+    protocol::Layout layout, std::span<void* const> layers, int device) {
   if (layers.size() != layout.num_layers) {
     return MakeError(Status::InvalidArgument("one layer pointer per layer is needed"));
   }

@@ -19,13 +19,9 @@ namespace kvtier::gpu {
 // A REGISTER_KV_CACHE request (backend "cuda") for layer tensors at `layers` (layer i's first
 // byte, in `layout`'s format) on `device`: exports each layer's allocation by IPC handle and sets
 // layout.layer_offsets to the offsets within them.
-Result<protocol::RegisterKvCacheRequest> DescribeCudaKvCache(std::string instance_id,
-                                                             std::string model,
-                                                             uint16_t world_size,
-                                                             uint16_t worker_rank,
-                                                             protocol::Layout layout,
-                                                             std::span<void* const> layers,
-                                                             int device);
+Result<protocol::RegisterKvCacheRequest> DescribeCudaKvCache(
+    std::string instance_id, std::string model, uint16_t world_size, uint16_t worker_rank,
+    protocol::Layout layout, std::span<void* const> layers, int device);
 
 // An interprocess CUDA event the engine records after writing (or last reading) the blocks a
 // STORE (RETRIEVE) names; its handle goes in the request's event_ipc_handle. Move-only.

@@ -1,8 +1,8 @@
 // Gather and scatter kernels between an engine's paged KV cache in GPU memory and chunk objects
 // (docs/gpu.md). This header is C++17 and CUDA-only, so nvcc compiles it without the project's
-// C++20 headers; cuda_backend.h fills the parameters from a KvGeometry. One launch moves every layer and plane of every object of a call; copies are
-// byte-based (any dtype) with the widest aligned access (16, 8, 4 or 1 bytes) that the addresses
-// and sizes allow.
+// C++20 headers; cuda_backend.h fills the parameters from a KvGeometry. One launch moves every
+// layer and plane of every object of a call; copies are byte-based (any dtype) with the widest
+// aligned access (16, 8, 4 or 1 bytes) that the addresses and sizes allow.
 //
 // The launchers only enqueue on the given stream: they never allocate, never synchronise, and
 // read the id and pointer arrays on the device, in stream order. Validation (block ids in range,

@@ -878,9 +878,9 @@ Status DecodeFields(const MapReader& m, RegisterKvCacheRequest* r) {
     KVT_RETURN_IF_ERROR(m.FixedBin("device_uuid", Need::kRequired, &r->device_uuid));
     KVT_RETURN_IF_ERROR(m.FixedBinArray("cuda_ipc_handles", kMaxLayers, &r->cuda_ipc_handles));
     if (r->cuda_ipc_handles.size() != r->layout.num_layers) {
-      return m.Error("cuda_ipc_handles", fmt::format("has {} entries, num_layers is {}",
-                                                     r->cuda_ipc_handles.size(),
-                                                     r->layout.num_layers));
+      return m.Error("cuda_ipc_handles",
+                     fmt::format("has {} entries, num_layers is {}", r->cuda_ipc_handles.size(),
+                                 r->layout.num_layers));
     }
   }
   if (host) {

@@ -28,7 +28,7 @@ Key MakeKey(size_t tokens, std::optional<uint16_t> rank) {
 Request MakeLookup(size_t tokens) { return LookupRequest{MakeKey(tokens, std::nullopt), 4, 0}; }
 
 Request MakeStore(size_t tokens, size_t blocks) {
-  StoreRequest store{"vllm-worker-0-rank-1", MakeKey(tokens, 1), {}};
+  StoreRequest store{"vllm-worker-0-rank-1", MakeKey(tokens, 1), {}, std::nullopt};
   for (size_t i = 0; i < blocks; ++i) store.block_ids.push_back(static_cast<uint32_t>(i * 7 + 3));
   return store;
 }

@@ -765,23 +765,24 @@ TEST(DecodeRequestTest, RegisterRules) {
   // memory handle per layer instead.
   Value cuda = ValidPayload(Opcode::kRegisterKvCache);
   cuda.Set("backend", Str("cuda")).Set("shm_name", Str("")).Set("shm_size", Uint(0));
-  ExpectProtocolError(Decode(Opcode::kRegisterKvCache, cuda), "missing required field 'device_uuid'");
+  ExpectProtocolError(Decode(Opcode::kRegisterKvCache, cuda),
+                      "missing required field 'device_uuid'");
   cuda.Set("device_uuid", Value::Binary(std::string(16, '\x07')));
   ExpectProtocolError(Decode(Opcode::kRegisterKvCache, cuda),
                       "missing required field 'cuda_ipc_handles'");
   cuda.Set("cuda_ipc_handles", Value::List({Value::Binary(std::string(64, 'a'))}));
   ExpectProtocolError(Decode(Opcode::kRegisterKvCache, cuda),
                       "field 'cuda_ipc_handles' has 1 entries, num_layers is 2");
-  cuda.Set("cuda_ipc_handles", Value::List({Value::Binary(std::string(64, 'a')),
-                                            Value::Binary(std::string(63, 'b'))}));
+  cuda.Set("cuda_ipc_handles",
+           Value::List({Value::Binary(std::string(64, 'a')), Value::Binary(std::string(63, 'b'))}));
   ExpectProtocolError(Decode(Opcode::kRegisterKvCache, cuda),
                       "field 'cuda_ipc_handles[1]' is 63 bytes, must be exactly 64");
   cuda.Set("device_uuid", Str("GPU-0"));
   ExpectProtocolError(Decode(Opcode::kRegisterKvCache, cuda),
                       "field 'device_uuid' must be bin (16 bytes), got str");
   cuda.Set("device_uuid", Value::Binary(std::string(16, '\x07')));
-  cuda.Set("cuda_ipc_handles", Value::List({Value::Binary(std::string(64, 'a')),
-                                            Value::Binary(std::string(64, 'b'))}));
+  cuda.Set("cuda_ipc_handles",
+           Value::List({Value::Binary(std::string(64, 'a')), Value::Binary(std::string(64, 'b'))}));
   auto r = Decode(Opcode::kRegisterKvCache, cuda);
   ASSERT_TRUE(r.has_value()) << r.error().ToString();
   const auto& cr = std::get<RegisterKvCacheRequest>(*r);

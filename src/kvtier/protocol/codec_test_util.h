@@ -235,8 +235,8 @@ inline Request SampleRequest(Opcode op) {
     case Opcode::kHello:
       return HelloRequest{kProtocolVersion, "vllm-0.9"};
     case Opcode::kRegisterKvCache:
-      return RegisterKvCacheRequest{"engine-0-rank-1",         key.model, 2, 1, "host", layout,
-                                    "/kvtier-engine-0-rank-1", 8u << 20, {}, {}};
+      return RegisterKvCacheRequest{"engine-0-rank-1",         key.model, 2,  1, "host", layout,
+                                    "/kvtier-engine-0-rank-1", 8u << 20,  {}, {}};
     case Opcode::kUnregisterKvCache:
       return UnregisterKvCacheRequest{"engine-0-rank-1"};
     case Opcode::kGetChunkSize:

@@ -40,8 +40,8 @@ class FakeBackend : public transfer::TransferBackend {
 
  private:
   // The base class validated the arguments (counts, ids, sizes).
-  Status GatherImpl(std::span<const uint32_t> blocks,
-                    std::span<const std::span<uint8_t>> objects, transfer::DeviceOrder* /*order*/) override {
+  Status GatherImpl(std::span<const uint32_t> blocks, std::span<const std::span<uint8_t>> objects,
+                    transfer::DeviceOrder* /*order*/) override {
     for (size_t c = 0; c < objects.size(); ++c) {
       for (uint32_t b = 0; b < kBlocksPerChunk; ++b) {
         std::memcpy(
@@ -53,7 +53,8 @@ class FakeBackend : public transfer::TransferBackend {
     return Status::OK();
   }
   Status ScatterImpl(std::span<const std::span<const uint8_t>> objects,
-                     std::span<const uint32_t> blocks, uint32_t skip, transfer::DeviceOrder* /*order*/) override {
+                     std::span<const uint32_t> blocks, uint32_t skip,
+                     transfer::DeviceOrder* /*order*/) override {
     for (size_t c = 0; c < objects.size(); ++c) {
       for (uint32_t t = 0; t < kChunk; ++t) {
         uint64_t token = c * kChunk + t;
@@ -177,7 +178,7 @@ class EngineTest : public ::testing::Test {
                              const std::vector<uint32_t>& tokens, std::vector<uint32_t> blocks,
                              uint16_t rank = 0, uint16_t ws = 1) {
     protocol::StoreRequest s{std::move(instance), Key(std::move(request), tokens, rank, ws),
-                             std::move(blocks)};
+                             std::move(blocks), std::nullopt};
     return Expect<protocol::StoreReply>(engine_->HandleSync(s));
   }
   // LOOKUP then wait for the answer.
@@ -225,7 +226,7 @@ TEST_F(EngineTest, StoreThenLookupThenRetrieveIntoOtherBlocksIsBitwiseEqual) {
   // A new request with the same prefix.
   EXPECT_EQ(Lookup("req-2", tokens), 10u);
   auto dst = Seq(100, 10 * kBlocksPerChunk);
-  protocol::RetrieveRequest r{"w0", Key("req-2", tokens, 0), dst, 0};
+  protocol::RetrieveRequest r{"w0", Key("req-2", tokens, 0), dst, 0, std::nullopt};
   EXPECT_EQ(Expect<protocol::RetrieveReply>(engine_->HandleSync(r)).retrieved_chunks, 10u);
   EXPECT_EQ(backends_["w0"]->Tokens(dst, tokens.size()),
             backends_["w0"]->Tokens(src, tokens.size()));
@@ -279,7 +280,8 @@ TEST_F(EngineTest, MultiRankLookupNeedsEveryRank) {
   for (uint16_t rank = 0; rank < 2; ++rank) {
     protocol::Key k =
         Key("b", std::vector<uint32_t>(tokens.begin(), tokens.begin() + 2 * kChunk), rank, 2);
-    protocol::RetrieveRequest r{rank == 0 ? "w0" : "w1", k, Seq(200, 2 * kBlocksPerChunk), 0};
+    protocol::RetrieveRequest r{rank == 0 ? "w0" : "w1", k, Seq(200, 2 * kBlocksPerChunk), 0,
+                                std::nullopt};
     EXPECT_EQ(Expect<protocol::RetrieveReply>(engine_->HandleSync(r)).retrieved_chunks, 2u);
   }
   EXPECT_EQ(storage_->l1().GetStatus().read_locked_objects, 0u);  // the partial chunk was released
@@ -290,11 +292,12 @@ TEST_F(EngineTest, RetrieveFailsClosedWithoutALookup) {
   auto tokens = Seq(1, 2 * kChunk);
   Store("w0", "a", tokens, Seq(0, 2 * kBlocksPerChunk));
   protocol::RetrieveRequest r{"w0", Key("never-looked-up", tokens, 0), Seq(50, 2 * kBlocksPerChunk),
-                              0};
+                              0, std::nullopt};
   EXPECT_EQ(ErrorCode(engine_->HandleSync(r)), StatusCode::kNotFound);
   // Beyond the hits of a lookup.
   EXPECT_EQ(Lookup("b", std::vector<uint32_t>(tokens.begin(), tokens.begin() + kChunk)), 1u);
-  protocol::RetrieveRequest beyond{"w0", Key("b", tokens, 0), Seq(50, 2 * kBlocksPerChunk), 0};
+  protocol::RetrieveRequest beyond{"w0", Key("b", tokens, 0), Seq(50, 2 * kBlocksPerChunk), 0,
+                                   std::nullopt};
   EXPECT_EQ(ErrorCode(engine_->HandleSync(beyond)), StatusCode::kNotFound);
   EXPECT_EQ(storage_->l1().GetStatus().read_locked_objects,
             0u);  // the failure released the rank's locks
@@ -310,7 +313,7 @@ TEST_F(EngineTest, SkipFirstNTokensLeavesThemUntouched) {
   auto dst = Seq(100, 2 * kBlocksPerChunk);
   backends_["w0"]->Fill(dst, tokens.size(), 200);
   auto before = backends_["w0"]->Tokens(dst, tokens.size());
-  protocol::RetrieveRequest r{"w0", Key("b", tokens, 0), dst, 5};
+  protocol::RetrieveRequest r{"w0", Key("b", tokens, 0), dst, 5, std::nullopt};
   EXPECT_EQ(Expect<protocol::RetrieveReply>(engine_->HandleSync(r)).retrieved_chunks, 2u);
   auto after = backends_["w0"]->Tokens(dst, tokens.size());
   auto expect = backends_["w0"]->Tokens(src, tokens.size());
@@ -323,18 +326,19 @@ TEST_F(EngineTest, StoreValidatesEverythingAndCopiesNothingOnError) {
   Register("w0");
   auto tokens = Seq(1, 2 * kChunk);
   auto ask = [&](protocol::StoreRequest s) { return ErrorCode(engine_->HandleSync(s)); };
-  EXPECT_EQ(ask({"nobody", Key("a", tokens, 0), Seq(0, 8)}), StatusCode::kNotFound);
-  EXPECT_EQ(ask({"w0", Key("a", tokens, std::nullopt), Seq(0, 8)}),
+  EXPECT_EQ(ask({"nobody", Key("a", tokens, 0), Seq(0, 8), std::nullopt}), StatusCode::kNotFound);
+  EXPECT_EQ(ask({"w0", Key("a", tokens, std::nullopt), Seq(0, 8), std::nullopt}),
             StatusCode::kInvalidArgument);  // no rank
-  EXPECT_EQ(ask({"w0", Key("a", tokens, 0), Seq(0, 7)}),
+  EXPECT_EQ(ask({"w0", Key("a", tokens, 0), Seq(0, 7), std::nullopt}),
             StatusCode::kInvalidArgument);  // too few blocks
   protocol::Key unaligned = Key("a", tokens, 0);
   unaligned.start = 3;
-  EXPECT_EQ(ask({"w0", unaligned, Seq(0, 8)}), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ask({"w0", unaligned, Seq(0, 8), std::nullopt}), StatusCode::kInvalidArgument);
   protocol::Key bad_salt = Key("a", tokens, 0);
   bad_salt.cache_salt = "a/b";
-  EXPECT_EQ(ask({"w0", bad_salt, Seq(0, 8)}), StatusCode::kInvalidArgument);
-  EXPECT_EQ(ask({"w0", Key("a", tokens, 0), {0, 1, 2, 3, 4, 5, 6, 9999}}), StatusCode::kOutOfRange);
+  EXPECT_EQ(ask({"w0", bad_salt, Seq(0, 8), std::nullopt}), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ask({"w0", Key("a", tokens, 0), {0, 1, 2, 3, 4, 5, 6, 9999}, std::nullopt}),
+            StatusCode::kOutOfRange);
   EXPECT_EQ(storage_->l1().used_bytes(), 0u);  // nothing staged or left behind
 }
 

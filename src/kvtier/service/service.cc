@@ -56,9 +56,9 @@ Result<std::unique_ptr<Service>> Service::Start(const ServiceOptions& options) {
       KVT_ASSIGN_OR_RETURN(auto backend, gpu::CudaBackend::Create(r, chunk_size, options));
       return std::unique_ptr<transfer::TransferBackend>(std::move(backend));
     }
-    return MakeError(Status::NotSupported(fmt::format(
-        "transfer backend '{}' is not available in this server (available: host, cuda)",
-        r.backend)));
+    return MakeError(Status::NotSupported(
+        fmt::format("transfer backend '{}' is not available in this server (available: host, cuda)",
+                    r.backend)));
 #else
     (void)l1_pool;
     return MakeError(Status::NotSupported(fmt::format(

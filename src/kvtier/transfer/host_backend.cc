@@ -291,7 +291,8 @@ void HostBackend::ForEachLayer(uint64_t bytes, const std::function<void(size_t)>
 }
 
 Status HostBackend::GatherImpl(std::span<const uint32_t> block_ids,
-                               std::span<const std::span<uint8_t>> objects, DeviceOrder* /*order*/) {
+                               std::span<const std::span<uint8_t>> objects,
+                               DeviceOrder* /*order*/) {
   const uint64_t bytes = objects.size() * object_size();
   const bool stream = bytes >= stream_min_bytes_;
   ForEachLayer(bytes, [&](size_t layer) {
@@ -306,7 +307,8 @@ Status HostBackend::GatherImpl(std::span<const uint32_t> block_ids,
 }
 
 Status HostBackend::ScatterImpl(std::span<const std::span<const uint8_t>> objects,
-                                std::span<const uint32_t> block_ids, uint32_t skip_first_n_tokens, DeviceOrder* /*order*/) {
+                                std::span<const uint32_t> block_ids, uint32_t skip_first_n_tokens,
+                                DeviceOrder* /*order*/) {
   const uint64_t bytes = objects.size() * object_size();
   const bool stream = bytes >= stream_min_bytes_;
   ForEachLayer(bytes, [&](size_t layer) {

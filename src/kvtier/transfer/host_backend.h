@@ -60,7 +60,8 @@ class HostBackend final : public TransferBackend {
   Status GatherImpl(std::span<const uint32_t> block_ids,
                     std::span<const std::span<uint8_t>> objects, DeviceOrder* /*order*/) override;
   Status ScatterImpl(std::span<const std::span<const uint8_t>> objects,
-                     std::span<const uint32_t> block_ids, uint32_t skip_first_n_tokens, DeviceOrder* /*order*/) override;
+                     std::span<const uint32_t> block_ids, uint32_t skip_first_n_tokens,
+                     DeviceOrder* /*order*/) override;
 
   // Copies one layer of every object; ObjectSpan is std::span<uint8_t> for a gather (engine to
   // object) and std::span<const uint8_t> for a scatter (object to engine).
