@@ -79,7 +79,9 @@ def test_every_method_sends_its_request_and_returns_its_reply(fake_server) -> No
             assert client.query_prefetch_lookup_hits("req-1").result(10).to_dict() == {"known": True, "hit_chunks": 5}
             stored = client.store("w0", np.array([5, 6], dtype=np.uint32), key(), worker_rank=0)
             assert stored.result(10) == stored.result(10)
-            assert repr(stored.result(10)) == "StoreReply(stored_chunks=3, present_chunks=2, failed_chunks=1)"
+            assert repr(stored.result(10)) == (
+                "StoreReply(stored_chunks=3, present_chunks=2, failed_chunks=1, event_ipc_handle=None)"
+            )
             assert client.retrieve("w0", [7], key(worker_rank=0), skip_first_n_tokens=2).result(10).retrieved_chunks == 4
             assert client.free_lookup_locks(model="llama", request_id="req-1", tokens=[1, 2]).result(10).released == 6
             assert client.end_session("req-1").result(10).touched_keys == 9
@@ -265,3 +267,30 @@ def test_tokens_travel_little_endian(fake_server) -> None:
         client.lookup(model="m", request_id="r", tokens=tokens).result(10)
     raw = server.requests[0].payload["key"]["tokens"]
     assert raw == struct.pack("<5I", *tokens.tolist())
+
+
+def test_cuda_registration_and_event_handles_are_checked_before_sending(fake_server) -> None:
+    layout = {"num_layers": 2, "num_blocks": 8, "block_size": 16, "num_kv_heads": 2,
+              "head_dim": 64, "dtype": "bf16", "format": "kv_nhd", "layer_offsets": [0, 4096]}
+    reg = kvtier._kvtier._registration(instance_id="g0", model="m", layout=layout, backend="cuda",
+                                       device_uuid=b"\x01" * 16,
+                                       cuda_ipc_handles=[b"a" * 64, b"b" * 64])
+    assert reg["device_uuid"] == b"\x01" * 16
+    assert reg["cuda_ipc_handles"] == [b"a" * 64, b"b" * 64]
+    with pytest.raises(ValueError, match="device_uuid must be exactly 16 bytes"):
+        kvtier._kvtier._registration(instance_id="g0", model="m", layout=layout, backend="cuda",
+                                     device_uuid=b"\x01" * 15, cuda_ipc_handles=[b"a" * 64] * 2)
+    with pytest.raises(ValueError, match=r"cuda_ipc_handles\[1\] must be exactly 64 bytes"):
+        kvtier._kvtier._registration(instance_id="g0", model="m", layout=layout, backend="cuda",
+                                     device_uuid=b"\x01" * 16, cuda_ipc_handles=[b"a" * 64, b"b"])
+    with pytest.raises(ValueError, match="needs device_uuid and cuda_ipc_handles"):
+        kvtier._kvtier._registration(instance_id="g0", model="m", layout=layout, backend="cuda")
+    with pytest.raises(ValueError, match="for backend 'cuda' only"):
+        kvtier._kvtier._registration(instance_id="g0", model="m", layout=layout, shm_name="/s",
+                                     shm_size=1 << 20, device_uuid=b"\x01" * 16)
+    server = fake_server(answer_all)
+    with kvtier.Client(server.endpoint) as client:
+        with pytest.raises(ValueError, match="event_ipc_handle must be exactly 64 bytes"):
+            client.store("w0", [1], key(worker_rank=0), event_ipc_handle=b"short")
+        with pytest.raises(TypeError, match="event_ipc_handle must be bytes"):
+            client.retrieve("w0", [1], key(worker_rank=0), event_ipc_handle="x" * 64)
