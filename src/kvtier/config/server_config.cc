@@ -8,6 +8,7 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include <arpa/inet.h>
 #include <fmt/format.h>
@@ -161,6 +162,48 @@ Status CheckEndpointList(const std::vector<std::string>& endpoints) {
   return Status::OK();
 }
 
+// Where the controller listens (connect side): "" (reporting off), tcp://HOST:PORT with a real
+// host and port, or ipc:///PATH.
+Status CheckControllerEndpoint(const std::string& endpoint) {
+  if (endpoint.empty()) return Status::OK();
+  KVT_RETURN_IF_ERROR(CheckEndpoint(endpoint));
+  if (!endpoint.starts_with("tcp://")) return Status::OK();
+  Result<TcpEndpoint> tcp = ParseTcpEndpoint(endpoint);
+  if (tcp->port == "*" || tcp->port == "0") {
+    return Invalid(
+        fmt::format("endpoint '{}': connecting needs a port, not {}", endpoint, tcp->port));
+  }
+  if (tcp->host == "*" || tcp->host == "0.0.0.0" || tcp->host == "::") {
+    return Invalid(fmt::format("endpoint '{}': connecting needs a host, not the wildcard {}",
+                               endpoint, tcp->host));
+  }
+  return Status::OK();
+}
+
+// The protocol's identifiers: printable ASCII without spaces.
+Status CheckControllerIdentifier(const std::string& value, size_t max) {
+  if (value.size() > max) {
+    return Invalid(fmt::format("must be at most {} bytes, got {}", max, value.size()));
+  }
+  for (char c : value) {
+    if (c < 0x21 || c > 0x7e) {
+      return Invalid(fmt::format(
+          "'{}' must be printable ASCII without spaces (a controller identifier)", value));
+    }
+  }
+  return Status::OK();
+}
+
+Status CheckAdvertiseAddress(const std::string& address) {
+  return CheckControllerIdentifier(address, 512);
+}
+
+Status CheckBatchKeys(uint64_t n) {
+  // The protocol's cap on keys per message.
+  if (n < 1 || n > 65536) return Invalid(fmt::format("must be in [1, 65536], got {}", n));
+  return Status::OK();
+}
+
 Status CheckChunkSize(uint64_t chunk_size) {
   // TokenHasher owns the rule (a chunk is [1, 1 << 20] tokens).
   if (chunk_size > std::numeric_limits<uint32_t>::max()) {
@@ -281,6 +324,17 @@ void VisitServerConfig(V& v, C& c) {
   v.Section("host_transfer", [&] {
     v.Size("min_parallel_bytes", c.host_transfer.min_parallel_bytes, NoRule<uint64_t>);
     v.Size("stream_min_bytes", c.host_transfer.stream_min_bytes, NoRule<uint64_t>);
+  });
+  v.Section("controller", [&] {
+    auto& r = c.controller;
+    v.String("endpoint", r.endpoint, CheckControllerEndpoint);
+    v.String("events_endpoint", r.events_endpoint, CheckControllerEndpoint);
+    v.String("heartbeat_endpoint", r.heartbeat_endpoint, CheckControllerEndpoint);
+    v.String("advertise_address", r.advertise_address, CheckAdvertiseAddress);
+    v.Count("batch_keys", r.batch_keys, CheckBatchKeys);
+    v.Duration("batch_interval", r.batch_interval, Positive);
+    v.Duration("request_timeout", r.request_timeout, Positive);
+    v.Count("max_pending_keys", r.max_pending_keys, AtLeast(1));
   });
 }
 
@@ -734,6 +788,42 @@ std::string_view CanonicalHost(std::string_view host) {
   return host == "localhost" ? std::string_view("127.0.0.1") : host;
 }
 
+// The controller section as a whole: its other endpoints given or derivable from `endpoint`
+// (tcp port + 1 and + 2), and a server id the protocol accepts.
+Status ValidateController(const ServerConfig& c) {
+  const reporter::ReporterOptions& r = c.controller;
+  if (r.endpoint.empty()) {
+    if (!r.events_endpoint.empty() || !r.heartbeat_endpoint.empty()) {
+      return Invalid(
+          "controller.events_endpoint / controller.heartbeat_endpoint are set but "
+          "controller.endpoint is empty (reporting is off)");
+    }
+    return Status::OK();
+  }
+  for (auto [key, value, delta] : {std::tuple{"events_endpoint", &r.events_endpoint, 1},
+                                   std::tuple{"heartbeat_endpoint", &r.heartbeat_endpoint, 2}}) {
+    if (!value->empty()) continue;
+    if (!r.endpoint.starts_with("tcp://")) {
+      return Invalid(fmt::format(
+          "controller.{} must be set: it is derived only from a tcp:// controller.endpoint", key));
+    }
+    Result<TcpEndpoint> tcp = ParseTcpEndpoint(r.endpoint);
+    Result<uint64_t> port = tcp ? internal::ParseUnsigned(tcp->port, 65535) : Result<uint64_t>(0);
+    if (port && *port + delta > 65535) {
+      return Invalid(
+          fmt::format("controller.{} must be set: controller.endpoint's port {} + {} is not a port",
+                      key, tcp->port, delta));
+    }
+  }
+  if (Status s = CheckControllerIdentifier(c.server_id, 256); !s.ok()) {
+    return Invalid(
+        fmt::format("server_id: {} (it is the instance id the controller knows this "
+                    "server by)",
+                    s.message()));
+  }
+  return Status::OK();
+}
+
 // Cross-field rules.
 Status ValidateAcrossFields(const ServerConfig& c) {
   const auto& e = c.storage.l1_eviction;
@@ -750,6 +840,7 @@ Status ValidateAcrossFields(const ServerConfig& c) {
   if (l1.use_hugepages && !l1.shm_name.empty()) {
     return Invalid("l1.shm_name and l1.use_hugepages cannot be used together");
   }
+  if (Status s = ValidateController(c); !s.ok()) return s;
   if (c.admin.enabled && c.admin.port != 0) {
     for (const std::string& endpoint : c.transport.endpoints) {
       if (!endpoint.starts_with("tcp://")) continue;

@@ -21,6 +21,7 @@
 
 #include "kvtier/common/clock.h"
 #include "kvtier/common/result.h"
+#include "kvtier/reporter/options.h"
 #include "kvtier/server/engine.h"
 #include "kvtier/storage/storage_manager.h"
 #include "kvtier/transfer/host_backend.h"
@@ -64,6 +65,9 @@ struct ServerConfig {
   // host_transfer.pool is set at start, not configured.
   transfer::HostBackendOptions host_transfer;
   Duration tick_interval = std::chrono::seconds(1);  // session expiry / worker reaping period
+  // The cluster controller this server reports its chunks to; off while controller.endpoint is
+  // empty. Only its file-level keys are configured (see reporter/options.h).
+  reporter::ReporterOptions controller;
 };
 
 // Parses a config file's text. Every key is optional (an empty text gives the defaults); an
@@ -77,9 +81,10 @@ Result<ServerConfig> LoadServerConfigFile(const std::string& path);
 
 // Every rule of the config, on the values (errors name the key path): each field's rule as in
 // parsing, plus watermarks ordered, L1 alignment <= capacity, shm_name without hugepages,
-// unique endpoints and L2 adapter names, the admin port not taken by a transport endpoint, and
-// each L2 adapter config accepted by the l2 parsers (ValidateL2AdapterConfig: nothing is built;
-// the rest, e.g. a base_path that cannot be created, fails at start).
+// unique endpoints and L2 adapter names, the admin port not taken by a transport endpoint, the
+// controller's events and heartbeat endpoints given or derivable, and each L2 adapter config
+// accepted by the l2 parsers (ValidateL2AdapterConfig: nothing is built; the rest, e.g. a
+// base_path that cannot be created, fails at start).
 Status ValidateServerConfig(const ServerConfig& config);
 
 // The whole config as YAML, every key written (for `kvtier server --print-config`).
@@ -120,6 +125,7 @@ class ServerFlags {
   int64_t transfer_threads_ = 0;
   std::string server_id_;
   std::string log_level_;
+  std::string controller_;
 
   // The registered options, to tell which were given (null before Register).
   struct Options {
@@ -138,6 +144,7 @@ class ServerFlags {
     CLI::Option* transfer_threads = nullptr;
     CLI::Option* server_id = nullptr;
     CLI::Option* log_level = nullptr;
+    CLI::Option* controller = nullptr;
   } options_;
 };
 

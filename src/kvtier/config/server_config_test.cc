@@ -107,6 +107,15 @@ l2:
 host_transfer:
   min_parallel_bytes: 8MiB
   stream_min_bytes: 123
+controller:
+  endpoint: tcp://10.0.0.9:9100
+  events_endpoint: tcp://10.0.0.9:9200
+  heartbeat_endpoint: ipc:///run/kvtier-controller-hb.sock
+  advertise_address: tcp://10.0.0.7:6000
+  batch_keys: 256
+  batch_interval: 5ms
+  request_timeout: 2s
+  max_pending_keys: 4096
 )";
 
 TEST(ServerConfigTest, EmptyFileGivesDefaultsThatValidate) {
@@ -172,6 +181,15 @@ TEST(ServerConfigTest, EveryKeyLandsInItsField) {
   EXPECT_EQ(c.storage.prefetch.poll_interval, 60ms);
   EXPECT_EQ(c.host_transfer.min_parallel_bytes, 8 * kMiB);
   EXPECT_EQ(c.host_transfer.stream_min_bytes, 123u);
+  const auto& r = c.controller;
+  EXPECT_EQ(r.endpoint, "tcp://10.0.0.9:9100");
+  EXPECT_EQ(r.events_endpoint, "tcp://10.0.0.9:9200");
+  EXPECT_EQ(r.heartbeat_endpoint, "ipc:///run/kvtier-controller-hb.sock");
+  EXPECT_EQ(r.advertise_address, "tcp://10.0.0.7:6000");
+  EXPECT_EQ(r.batch_keys, 256u);
+  EXPECT_EQ(r.batch_interval, 5ms);
+  EXPECT_EQ(r.request_timeout, 2s);
+  EXPECT_EQ(r.max_pending_keys, 4096u);
   EXPECT_TRUE(ValidateServerConfig(c).ok()) << ValidateServerConfig(c).ToString();
 }
 
@@ -270,7 +288,7 @@ TEST(ServerConfigTest, UnknownKeysAtEveryLevelNameThePathAndSuggest) {
       {"log_levl: info\n",
        "test.yaml:1:1: unknown key 'log_levl'; did you mean 'log_level'? (valid keys at the top "
        "level: server_id, log_level, tick_interval, transport, admin, engine, l1, l1_eviction, "
-       "l2, host_transfer)"},
+       "l2, host_transfer, controller)"},
       {"transport:\n  endpoint: tcp://127.0.0.1:1\n",
        "test.yaml:2:3: unknown key 'transport.endpoint'; did you mean 'transport.endpoints'?"},
       {"admin:\n  prot: 1\n",
@@ -523,6 +541,59 @@ TEST(ServerConfigTest, ValidateChecksAcrossFields) {
   EXPECT_TRUE(ValidateServerConfig(
                   MustParse("transport:\n  endpoints: [tcp://127.0.0.1:0]\nadmin:\n  port: 0\n"))
                   .ok());
+}
+
+TEST(ServerConfigTest, ControllerSection) {
+  // Off by default; the other endpoints derive from a tcp endpoint.
+  EXPECT_FALSE(ServerConfig().controller.enabled());
+  ServerConfig c = MustParse("controller:\n  endpoint: tcp://10.0.0.9:9100\n");
+  EXPECT_TRUE(c.controller.enabled());
+  EXPECT_TRUE(ValidateServerConfig(c).ok()) << ValidateServerConfig(c).ToString();
+  EXPECT_EQ(c.controller.batch_keys, 1024u);
+  EXPECT_EQ(c.controller.batch_interval, 20ms);
+
+  // Single-field rules, at parse time.
+  EXPECT_THAT(ParseError("controller:\n  endpoint: tcp://*:9100\n"),
+              HasSubstr("controller.endpoint: endpoint 'tcp://*:9100': connecting needs a host"));
+  EXPECT_THAT(ParseError("controller:\n  endpoint: tcp://10.0.0.9:0\n"),
+              HasSubstr("connecting needs a port, not 0"));
+  EXPECT_THAT(ParseError("controller:\n  events_endpoint: udp://x:1\n"),
+              HasSubstr("controller.events_endpoint: endpoint 'udp://x:1' is not"));
+  EXPECT_THAT(ParseError("controller:\n  advertise_address: tcp://my host:1\n"),
+              HasSubstr("controller.advertise_address: 'tcp://my host:1' must be printable ASCII "
+                        "without spaces"));
+  EXPECT_THAT(ParseError("controller:\n  batch_keys: 0\n"),
+              HasSubstr("controller.batch_keys: must be in [1, 65536], got 0"));
+  EXPECT_THAT(ParseError("controller:\n  batch_keys: 65537\n"), HasSubstr("[1, 65536]"));
+  EXPECT_THAT(ParseError("controller:\n  batch_interval: 0s\n"),
+              HasSubstr("controller.batch_interval: must be greater than 0"));
+  EXPECT_THAT(ParseError("controller:\n  max_pending_keys: 0\n"),
+              HasSubstr("controller.max_pending_keys: must be at least 1"));
+
+  // Across fields.
+  c = MustParse("controller:\n  endpoint: ipc:///run/ctl.sock\n");
+  EXPECT_EQ(ValidateError(c),
+            "controller.events_endpoint must be set: it is derived only from a tcp:// "
+            "controller.endpoint");
+  c = MustParse(
+      "controller:\n  endpoint: ipc:///run/ctl.sock\n  events_endpoint: ipc:///run/ev.sock\n"
+      "  heartbeat_endpoint: ipc:///run/hb.sock\n");
+  EXPECT_TRUE(ValidateServerConfig(c).ok()) << ValidateServerConfig(c).ToString();
+  c = MustParse("controller:\n  endpoint: tcp://10.0.0.9:65534\n");
+  EXPECT_EQ(ValidateError(c),
+            "controller.heartbeat_endpoint must be set: controller.endpoint's port 65534 + 2 is "
+            "not a port");
+  c = MustParse("controller:\n  heartbeat_endpoint: tcp://10.0.0.9:9102\n");
+  EXPECT_THAT(ValidateError(c), HasSubstr("controller.endpoint is empty (reporting is off)"));
+  c = MustParse("server_id: \"n\u00f6de\"\ncontroller:\n  endpoint: tcp://10.0.0.9:9100\n");
+  EXPECT_THAT(
+      ValidateError(c),
+      HasSubstr("must be printable ASCII without spaces (a controller identifier) (it is the "
+                "instance id"));
+  // Set in code: the validator checks the same rules.
+  c = ServerConfig();
+  c.controller.request_timeout = 0s;
+  EXPECT_EQ(ValidateError(c), "controller.request_timeout: must be greater than 0, got 0s");
 }
 
 TEST(ServerConfigTest, LoadFileErrors) {

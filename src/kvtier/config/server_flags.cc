@@ -100,6 +100,12 @@ void ServerFlags::Register(CLI::App* app) {
                                   d.transport.transfer_threads));
   options_.server_id = app->add_option(
       "--server-id", server_id_, "Server id reported to clients [server_id, default hostname-pid]");
+  options_.controller =
+      app->add_option("--controller", controller_,
+                      "Report this server's chunks to the cluster controller at this endpoint, "
+                      "tcp://HOST:PORT (its events and heartbeats on PORT+1, PORT+2) or "
+                      "ipc:///PATH [controller.endpoint, default none: reporting off]")
+          ->type_name("URL");
   options_.log_level =
       app->add_option("--log-level", log_level_,
                       fmt::format("trace, debug, info, warn, error, critical or off [log_level, "
@@ -148,6 +154,7 @@ Status ServerFlags::Apply(ServerConfig* config) const {
   }
   if (Given(options_.server_id)) config->server_id = server_id_;
   if (Given(options_.log_level)) config->log_level = log_level_;
+  if (Given(options_.controller)) config->controller.endpoint = controller_;
 
   // Adapters last: their default names depend on their position after the file's.
   std::vector<nlohmann::json>& adapters = config->storage.l2_adapters;

@@ -73,7 +73,7 @@ TEST(ServerFlagsTest, EveryFlagOverridesItsKey) {
       "--admin-host ::1 --admin-port 0 --l1-size 3GiB --chunk-size 64 --eviction-policy s3fifo "
       "--session-ttl 90s --worker-timeout 0 --control-threads 7 --transfer-threads 8 "
       "--server-id flag-id --log-level debug --l2-fs-path /data/a --l2-fs-path /data/b "
-      "--l2-redis redis://cache:6380");
+      "--l2-redis redis://cache:6380 --controller tcp://10.0.0.1:9100");
   EXPECT_EQ(cli.flags.config_path(), "/etc/kvtier.yaml");
   ServerConfig c = FromFile(kFile);
   ASSERT_TRUE(cli.flags.Apply(&c).ok());
@@ -91,6 +91,7 @@ TEST(ServerFlagsTest, EveryFlagOverridesItsKey) {
   EXPECT_EQ(c.transport.transfer_threads, 8u);
   EXPECT_EQ(c.server_id, "flag-id");
   EXPECT_EQ(c.log_level, "debug");
+  EXPECT_EQ(c.controller.endpoint, "tcp://10.0.0.1:9100");
   // Flag adapters come after the file's.
   ASSERT_EQ(c.storage.l2_adapters.size(), 4u);
   EXPECT_EQ(c.storage.l2_adapters[0]["type"], "mock");
@@ -183,7 +184,7 @@ TEST(ServerFlagsTest, HelpNamesEachYamlKeyAndDefault) {
         "[l2.adapters: {type: redis", "[engine.session_ttl, default 600s]",
         "[engine.worker_timeout,", "default 120s]", "[transport.control_threads,",
         "[transport.transfer_threads,", "[server_id, default hostname-pid]",
-        "[log_level, default info]"}) {
+        "[log_level, default info]", "[controller.endpoint, default none: reporting off]"}) {
     EXPECT_NE(help.find(text), std::string::npos) << text << "\n" << help;
   }
 }
