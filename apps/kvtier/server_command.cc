@@ -32,6 +32,7 @@ service::ServiceOptions ToServiceOptions(const config::ServerConfig& c) {
   o.admin.host = c.admin.host;
   o.admin.port = c.admin.port;
   o.tick_interval = c.tick_interval;
+  o.reporter = c.controller;
   return o;
 }
 

@@ -162,6 +162,10 @@ Result<controller::Reply> ControllerLink::Call(Channel channel, const controller
   // Waits for `events` on the socket (or a wake-up) until the deadline: false at the deadline.
   Status wait_status;
   auto wait = [&](short events) {
+    if (interrupted && interrupted()) {
+      wait_status = Status::Cancelled(fmt::format("{}: abandoned", describe()));
+      return false;
+    }
     const TimePoint now = std::chrono::steady_clock::now();
     if (now >= deadline) return false;
     zmq::pollitem_t items[2] = {{socket.handle(), 0, events, 0},

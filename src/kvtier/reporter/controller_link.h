@@ -44,10 +44,11 @@ class ControllerLink {
   bool SendEvent(const controller::Event& event);
 
   // Sends `request` and waits up to `timeout` for its reply; replies to earlier, abandoned
-  // requests are skipped. Returns the success reply, or: the error reply's Status (its code and
-  // retryable flag), kUnavailable when the request could not be sent (no connection yet),
-  // kTimeout, kProtocolError for a reply that does not decode. A signal on `wake` during the
-  // wait is drained and `interrupted` asked (when given): true abandons the call (kCancelled).
+  // requests and undecodable ones are skipped (stale_replies). Returns the success reply, or: the
+  // error reply's Status (its code and retryable flag; kProtocolError for a reply of another
+  // type), kUnavailable when no connection came up in time to send it (ZMQ_IMMEDIATE), kTimeout
+  // when no reply came. `interrupted` (when given) is asked before each wait and whenever `wake`
+  // is signalled (the signal is drained): true abandons the call (kCancelled).
   Result<controller::Reply> Call(Channel channel, const controller::Request& request,
                                  Duration timeout, const std::function<bool()>& interrupted);
 

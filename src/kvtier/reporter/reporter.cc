@@ -166,7 +166,7 @@ void Reporter::Run() {
     if (!registration_ && next_register <= Now()) continue;  // re-register at once
     const TimePoint deadline = NextDeadline(next_register);
     now = Now();
-    if (deadline > now && !PendingBatchFull()) {
+    if (deadline > now && !(registration_ && PendingBatchFull())) {
       if (wake_.WaitFor(deadline - now)) wake_.Drain();
     }
   }

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <unistd.h>
 
 #include "kvtier/admin/prometheus.h"
 #include "kvtier/common/logging.h"
@@ -12,6 +13,25 @@
 #endif
 
 namespace kvtier::service {
+namespace {
+
+// The peer-fetch address to register with the controller: the first tcp endpoint as bound, with
+// a wildcard host replaced by this machine's hostname; "" without a tcp endpoint.
+std::string DefaultAdvertiseAddress(const std::vector<std::string>& endpoints) {
+  for (const std::string& e : endpoints) {
+    if (!e.starts_with("tcp://")) continue;
+    const size_t colon = e.rfind(':');
+    if (colon == std::string::npos || colon < 6) continue;
+    const std::string host = e.substr(6, colon - 6);
+    if (host != "*" && host != "0.0.0.0" && host != "::" && host != "[::]") return e;
+    char name[256] = {};
+    if (::gethostname(name, sizeof(name) - 1) != 0 || name[0] == '\0') return e;
+    return fmt::format("tcp://{}{}", name, e.substr(colon));
+  }
+  return "";
+}
+
+}  // namespace
 
 Service::Service(const ServiceOptions& options)
     : options_(options), started_(Clock::Real()->Now()) {}
@@ -29,6 +49,22 @@ Result<std::unique_ptr<Service>> Service::Start(const ServiceOptions& options) {
   auto storage = storage::StorageManager::Create(options.storage);
   if (!storage) return fail("storage", storage.error());
   s->storage_ = std::move(*storage);
+
+  if (options.reporter.enabled()) {
+    // Created now: its listener must be on L1 before any client stores a chunk.
+    reporter::ReporterIdentity id;
+    id.instance_id = options.engine.server_id;
+    id.address = options.reporter.advertise_address;
+    id.software_version = fmt::format("kvtier {}", options.engine.server_version);
+    id.hash_algorithm = std::string(keys::HashAlgorithmName(options.engine.hash));
+    id.chunk_size = options.engine.chunk_size;
+    auto reporter = reporter::Reporter::Create(options.reporter, id, &s->storage_->l1());
+    if (!reporter) {
+      s->storage_->Close();
+      return fail("controller reporter", reporter.error());
+    }
+    s->reporter_ = std::move(*reporter);
+  }
 
   if (options.copy_threads > 0)
     s->copy_pool_ = std::make_unique<transfer::CopyPool>(options.copy_threads);
@@ -89,6 +125,18 @@ Result<std::unique_ptr<Service>> Service::Start(const ServiceOptions& options) {
   s->transport_ = std::move(*transport);
   s->tick_ = std::thread([raw = s.get()] { raw->TickLoop(); });
 
+  if (s->reporter_) {
+    Status started = Status::OK();
+    if (options.reporter.advertise_address.empty()) {
+      started = s->reporter_->SetAddress(DefaultAdvertiseAddress(s->transport_->endpoints()));
+    }
+    if (started.ok()) started = s->reporter_->Start();
+    if (!started.ok()) {
+      s->Shutdown();
+      return fail("controller reporter", started);
+    }
+  }
+
   if (options.admin_enabled) {
     Service* raw = s.get();
     admin::AdminHandlers handlers;
@@ -138,6 +186,7 @@ bool Service::Shutdown() {
   shut_down_ = true;
   if (admin_) admin_->Stop();
   if (transport_) transport_->Stop();  // answers what it took; takes nothing more
+  if (reporter_) reporter_->Stop();    // DEREGISTER: routers stop sending requests here
   {
     MutexLock lock(&tick_mu_);
     stopping_ = true;
@@ -171,6 +220,7 @@ nlohmann::json Service::StatusJson() const {
   j["engine"] = engine_->StatusJson();
   j["storage"] = storage_->StatusJson();
   if (admin_) j["admin"] = admin_->RequestCountsJson();
+  j["controller"] = reporter_ ? reporter_->StatusJson() : nlohmann::json{{"enabled", false}};
 #if defined(KVT_WITH_CUDA)
   // CUDA IPC allocations of engines this server has open (released on unregister and reaping).
   j["gpu"] = {{"l1_pinned", storage_->l1().pool().cuda_registered()},

@@ -1,12 +1,13 @@
 // Service: a whole kvtier server in one object: storage (L1, L2, controllers), the engine
-// (request handlers), the ZMQ transport, the upkeep thread (session expiry, worker reaping) and
-// the HTTP admin endpoint. `kvtier server` is a Service plus signal handling; integration tests
-// and benchmarks start one in-process the same way.
+// (request handlers), the ZMQ transport, the upkeep thread (session expiry, worker reaping), the
+// HTTP admin endpoint and, when configured, the cluster controller reporter. `kvtier server` is
+// a Service plus signal handling; integration tests and benchmarks start one in-process the same
+// way.
 //
 // Start builds everything or nothing: on any error what was built is torn down and the error
 // names the part that failed. Shutdown is graceful and ordered: stop taking requests (the
-// transport answers what it already took), release every session's locks, flush pending L2
-// stores (bounded by flush_timeout), close the tiers.
+// transport answers what it already took), deregister from the cluster controller, release every
+// session's locks, flush pending L2 stores (bounded by flush_timeout), close the tiers.
 #pragma once
 
 #include <memory>
@@ -18,6 +19,7 @@
 #include "kvtier/admin/admin_server.h"
 #include "kvtier/common/mutex.h"
 #include "kvtier/common/result.h"
+#include "kvtier/reporter/reporter.h"
 #include "kvtier/server/engine.h"
 #include "kvtier/server/transport.h"
 #include "kvtier/storage/storage_manager.h"
@@ -36,6 +38,10 @@ struct ServiceOptions {
   admin::AdminOptions admin;
   Duration tick_interval = std::chrono::seconds(1);
   Duration flush_timeout = std::chrono::seconds(30);
+  // The cluster controller to report to (off while reporter.endpoint is empty). The server
+  // registers as instance engine.server_id; an empty advertise_address is derived from the first
+  // tcp endpoint once bound.
+  reporter::ReporterOptions reporter;
 };
 
 class Service {
@@ -52,8 +58,10 @@ class Service {
   uint16_t admin_port() const { return admin_ ? admin_->port() : 0; }
   server::Engine& engine() { return *engine_; }
   storage::StorageManager& storage() { return *storage_; }
+  // Null when reporting is off.
+  reporter::Reporter* reporter() { return reporter_.get(); }
 
-  // {"server", "transport", "engine", "storage", "admin"}
+  // {"server", "transport", "engine", "storage", "admin", "controller"}
   nlohmann::json StatusJson() const;
   // Prometheus text exposition of StatusJson's numbers (kvtier_...).
   std::string MetricsText() const;
@@ -64,6 +72,8 @@ class Service {
 
   const ServiceOptions options_;
   const TimePoint started_;
+  // Before storage_: destroyed after it, since L1 calls the reporter's listener until it goes.
+  std::unique_ptr<reporter::Reporter> reporter_;
   std::unique_ptr<storage::StorageManager> storage_;
   std::unique_ptr<transfer::CopyPool> copy_pool_;
   std::unique_ptr<server::Engine> engine_;
