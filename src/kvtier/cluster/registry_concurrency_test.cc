@@ -19,7 +19,7 @@ class RegistryTreeTestPeer {
   static sync::RWLock& TreeLock(RegistryTree& tree) { return tree.tree_lock_; }
   static std::shared_ptr<WorkerNode> Worker(RegistryTree& tree, std::string_view instance,
                                             WorkerId worker) {
-    return tree.FindWorker(instance, worker).value();
+    return tree.FindWorker({instance, worker}).value();
   }
 };
 
@@ -52,10 +52,10 @@ TEST_F(RegistryConcurrencyTest, BatchesToOneWorkerFromManyThreads) {
     for (int b = 0; b < 10; ++b) {
       const size_t first = static_cast<size_t>(t * 100 + b * 10);
       std::vector<ObjectKey> batch(keys.begin() + first, keys.begin() + first + 10);
-      ASSERT_TRUE(tree_->Admit("a", 0, "loc" + std::to_string(t), b, batch).has_value());
+      ASSERT_TRUE(tree_->Admit({"a", 0}, "loc" + std::to_string(t), b, batch).has_value());
     }
   });
-  EXPECT_EQ(tree_->GetWorkerInfo("a", 0)->total_keys, 1000u);
+  EXPECT_EQ(tree_->GetWorkerInfo({"a", 0})->total_keys, 1000u);
   EXPECT_EQ(tree_->TotalKeyCount(), 1000u);
   EXPECT_EQ(tree_->Stats().seq_gaps, 0u);
   EXPECT_TRUE(tree_->CheckConsistency().ok());
@@ -68,10 +68,10 @@ TEST_F(RegistryConcurrencyTest, MixedAdmitsAndEvictsOnSharedKeys) {
   RunThreads(8, [&](int t) {
     const std::string instance = t % 2 == 0 ? "a" : "b";
     const std::string location = "loc" + std::to_string(t / 2);
-    ASSERT_TRUE(tree_->Admit(instance, 0, location, 0, keys).has_value());
+    ASSERT_TRUE(tree_->Admit({instance, 0}, location, 0, keys).has_value());
     std::vector<ObjectKey> even;
     for (size_t i = 0; i < keys.size(); i += 2) even.push_back(keys[i]);
-    ASSERT_TRUE(tree_->Evict(instance, 0, location, 1, even).has_value());
+    ASSERT_TRUE(tree_->Evict({instance, 0}, location, 1, even).has_value());
   });
   EXPECT_EQ(tree_->Stats().holders, 8u * 50);
   EXPECT_EQ(tree_->TotalKeyCount(), 50u);
@@ -83,9 +83,9 @@ TEST_F(RegistryConcurrencyTest, InstancesWorkIndependently) {
   RunThreads(5, [&](int t) {
     const std::string instance = "inst" + std::to_string(t);
     for (WorkerId w = 0; w < 20; ++w) {
-      WorkerRegistration r{instance, w, "", true};
+      WorkerRegistration r = Registration(instance, w, "", true);
       ASSERT_TRUE(tree_->RegisterWorker(r).has_value());
-      ASSERT_TRUE(tree_->Admit(instance, w, "L1", 0, Keys(w * 10, 10)).has_value());
+      ASSERT_TRUE(tree_->Admit({instance, w}, "L1", 0, Keys(w * 10, 10)).has_value());
     }
   });
   RegistryStats s = tree_->Stats();
@@ -100,10 +100,10 @@ TEST_F(RegistryConcurrencyTest, ConcurrentRegisterAndDeregisterInOneInstance) {
   RunThreads(20, [&](int t) {
     const WorkerId w = static_cast<WorkerId>(t);
     for (int round = 0; round < 10; ++round) {
-      WorkerRegistration r{"a", w, "", true};
+      WorkerRegistration r = Registration("a", w, "", true);
       ASSERT_TRUE(tree_->RegisterWorker(r).has_value());
-      ASSERT_TRUE(tree_->Admit("a", w, "L1", 0, Keys(t * 5, 5)).has_value());
-      ASSERT_TRUE(tree_->DeregisterWorker("a", w).has_value());
+      ASSERT_TRUE(tree_->Admit({"a", w}, "L1", 0, Keys(t * 5, 5)).has_value());
+      ASSERT_TRUE(tree_->DeregisterWorker({"a", w}).has_value());
     }
   });
   EXPECT_TRUE(tree_->InstanceIds().empty());  // removed with its last worker
@@ -121,7 +121,7 @@ TEST_F(RegistryConcurrencyTest, FindKvSeesEveryCompletedAdmit) {
     if (t == 0) {
       for (size_t b = 0; b < keys.size() / 100; ++b) {
         std::vector<ObjectKey> batch(keys.begin() + b * 100, keys.begin() + b * 100 + 100);
-        ASSERT_TRUE(tree_->Admit("a", 0, "L1", b, batch).has_value());
+        ASSERT_TRUE(tree_->Admit({"a", 0}, "L1", b, batch).has_value());
         admitted.store((b + 1) * 100, std::memory_order_release);
       }
       return;
@@ -143,17 +143,17 @@ TEST_F(RegistryConcurrencyTest, HeartbeatsFromManyThreads) {
   RunThreads(20, [&](int t) {
     for (int i = 0; i < 100; ++i) {
       clock_.Advance(1ms);
-      ASSERT_TRUE(tree_->Heartbeat("a", 0).ok());
+      ASSERT_TRUE(tree_->Heartbeat({"a", 0}).has_value());
     }
   });
-  EXPECT_EQ(tree_->GetWorkerInfo("a", 0)->last_heartbeat, clock_.Now());
+  EXPECT_EQ(tree_->GetWorkerInfo({"a", 0})->last_heartbeat, clock_.Now());
 }
 
 TEST_F(RegistryConcurrencyTest, WorkerInfosWhileWorkersRegister) {
   RunThreads(2, [&](int t) {
     if (t == 0) {
       for (WorkerId w = 0; w < 100; ++w) {
-        WorkerRegistration r{"inst" + std::to_string(w % 7), w, "", true};
+        WorkerRegistration r = Registration("inst" + std::to_string(w % 7), w, "", true);
         ASSERT_TRUE(tree_->RegisterWorker(r).has_value());
       }
       return;
@@ -179,14 +179,14 @@ TEST_F(RegistryConcurrencyTest, RegisterAdmitReadDeregisterFromThirtyThreads) {
     const std::string instance = "inst" + std::to_string(t % 3);
     const WorkerId w = static_cast<WorkerId>(t);
     for (int i = 0; i < 30; ++i) {
-      WorkerRegistration r{instance, w, "tcp://x:" + std::to_string(i), true};
+      WorkerRegistration r = Registration(instance, w, "tcp://x:" + std::to_string(i), true);
       ASSERT_TRUE(tree_->RegisterWorker(r).has_value());
       const auto keys = Keys(static_cast<uint64_t>(i), 4);
-      ASSERT_TRUE(tree_->Admit(instance, w, "L1", 0, keys).has_value());
-      ASSERT_TRUE(tree_->GetWorkerInfo(instance, w).has_value());
+      ASSERT_TRUE(tree_->Admit({instance, w}, "L1", 0, keys).has_value());
+      ASSERT_TRUE(tree_->GetWorkerInfo({instance, w}).has_value());
       ASSERT_FALSE(tree_->FindKvAll(keys[0]).empty());  // at least this worker
       ASSERT_TRUE(tree_->FindKvWithWorkerInfo(keys, "nobody").has_value());
-      ASSERT_TRUE(tree_->DeregisterWorker(instance, w).has_value());
+      ASSERT_TRUE(tree_->DeregisterWorker({instance, w}).has_value());
     }
   });
   EXPECT_EQ(tree_->Stats().workers, 0u);
@@ -198,9 +198,9 @@ TEST_F(RegistryConcurrencyTest, FiveInstancesTenWorkersFiftyKeysEach) {
   RunThreads(50, [&](int t) {
     const std::string instance = "inst" + std::to_string(t / 10);
     const WorkerId w = static_cast<WorkerId>(t % 10);
-    WorkerRegistration r{instance, w, "", true};
+    WorkerRegistration r = Registration(instance, w, "", true);
     ASSERT_TRUE(tree_->RegisterWorker(r).has_value());
-    ASSERT_TRUE(tree_->Admit(instance, w, "L1", 0, Keys(t * 50, 50)).has_value());
+    ASSERT_TRUE(tree_->Admit({instance, w}, "L1", 0, Keys(t * 50, 50)).has_value());
   });
   EXPECT_EQ(tree_->TotalKeyCount(), 2500u);
   EXPECT_EQ(tree_->Stats().workers, 50u);
@@ -217,7 +217,7 @@ TEST_F(RegistryConcurrencyTest, TwoThreadsDeregisterTheSameWorkers) {
   RunThreads(2, [&](int t) {
     for (int pass = 0; pass < 2; ++pass) {
       for (WorkerId w = 0; w < 50; ++w) {
-        auto r = tree_->DeregisterWorker("a", (w + static_cast<WorkerId>(t) * 25) % 50);
+        auto r = tree_->DeregisterWorker({"a", (w + static_cast<WorkerId>(t) * 25) % 50});
         if (r.has_value()) {
           removed.fetch_add(1);
         } else {
@@ -242,9 +242,9 @@ TEST_F(RegistryConcurrencyTest, LookupsOfADyingWorkerAreSafe) {
     if (t == 0) {
       for (int i = 0; i < 200; ++i) {
         Register("churn", 0, "tcp://churn:" + std::to_string(i));
-        ASSERT_TRUE(tree_->Admit("churn", 0, "L1", 0, keys).has_value());
+        ASSERT_TRUE(tree_->Admit({"churn", 0}, "L1", 0, keys).has_value());
         if (i % 2 == 0) {
-          ASSERT_TRUE(tree_->DeregisterWorker("churn", 0).has_value());
+          ASSERT_TRUE(tree_->DeregisterWorker({"churn", 0}).has_value());
         } else {
           ASSERT_TRUE(tree_->DeregisterInstance("churn").has_value());
         }
@@ -280,17 +280,17 @@ TEST_F(RegistryConcurrencyTest, LockTimeoutsAreReportedAndLookupsNeedNoTreeLock)
     release.wait();
   });
   held.wait();
-  EXPECT_EQ(tree_->Admit("a", 0, "L1", 1, keys).error().code(), StatusCode::kLockTimeout);
-  EXPECT_EQ(tree_->Heartbeat("a", 0).code(), StatusCode::kLockTimeout);
-  WorkerRegistration r{"b", 0, "", true};
+  EXPECT_EQ(tree_->Admit({"a", 0}, "L1", 1, keys).error().code(), StatusCode::kLockTimeout);
+  EXPECT_EQ(tree_->Heartbeat({"a", 0}).error().code(), StatusCode::kLockTimeout);
+  WorkerRegistration r = Registration("b", 0, "", true);
   EXPECT_EQ(tree_->RegisterWorker(r).error().code(), StatusCode::kLockTimeout);
   // Lookups only take reverse-index shard locks.
-  EXPECT_EQ(tree_->FindKv(keys[0]), (KvHolder{"a", 0, "L1"}));
+  EXPECT_EQ(tree_->FindKv(keys[0]), H("a", 0, "L1"));
   EXPECT_EQ(tree_->PrefixLookup(keys).size(), 1u);
   release.count_down();
   holder.join();
   EXPECT_GE(tree_->Stats().lock_timeouts, 3u);
-  EXPECT_TRUE(tree_->Admit("a", 0, "L1", 1, keys).has_value());
+  EXPECT_TRUE(tree_->Admit({"a", 0}, "L1", 1, keys).has_value());
   EXPECT_TRUE(tree_->RegisterWorker(r).has_value());  // the slot was given back
 
   // A worker lock held elsewhere times out that worker's calls only.
@@ -303,9 +303,9 @@ TEST_F(RegistryConcurrencyTest, LockTimeoutsAreReportedAndLookupsNeedNoTreeLock)
     worker_release.wait();
   });
   worker_held.wait();
-  EXPECT_EQ(tree_->Admit("a", 0, "L1", 2, keys).error().code(), StatusCode::kLockTimeout);
+  EXPECT_EQ(tree_->Admit({"a", 0}, "L1", 2, keys).error().code(), StatusCode::kLockTimeout);
   EXPECT_EQ(tree_->FindKvWithWorkerInfo(keys).error().code(), StatusCode::kLockTimeout);
-  EXPECT_TRUE(tree_->Admit("b", 0, "L1", 0, keys).has_value());
+  EXPECT_TRUE(tree_->Admit({"b", 0}, "L1", 0, keys).has_value());
   clock_.Advance(1s);
   auto reaped = tree_->ReapDead(500ms);  // a/0 is locked: skipped (and counted); b/0 goes
   ASSERT_TRUE(reaped.has_value());
@@ -313,7 +313,7 @@ TEST_F(RegistryConcurrencyTest, LockTimeoutsAreReportedAndLookupsNeedNoTreeLock)
   EXPECT_EQ((*reaped)[0].instance_id, "b");
   worker_release.count_down();
   worker_holder.join();
-  EXPECT_TRUE(tree_->Admit("a", 0, "L1", 2, keys).has_value());
+  EXPECT_TRUE(tree_->Admit({"a", 0}, "L1", 2, keys).has_value());
   EXPECT_TRUE(tree_->CheckConsistency().ok());
 }
 

@@ -5,7 +5,7 @@
 #include <fmt/format.h>
 
 #include "kvtier/cluster/lock_holds.h"
-#include "kvtier/cluster/registry_counters.h"
+#include "kvtier/cluster/registry_internal.h"
 #include "kvtier/cluster/registry_tree.h"
 #include "kvtier/common/check.h"
 
@@ -36,77 +36,73 @@ std::string_view BatchOutcomeName(BatchOutcome outcome) {
       return "applied_after_gap";
     case BatchOutcome::kIgnoredStale:
       return "ignored_stale";
-    case BatchOutcome::kDiscardedSyncing:
-      return "discarded_syncing";
   }
   return "unknown";
 }
 
-Result<BatchResult> RegistryTree::ApplyBatch(std::string_view instance_id, WorkerId worker_id,
-                                             std::string_view location, uint64_t seq,
-                                             std::span<const IndexOp> ops) {
+Result<BatchResult> RegistryTree::ApplyBatch(const Origin& origin, std::string_view location,
+                                             uint64_t seq, std::span<const IndexOp> ops) {
   Counters& c = *counters_;
-  auto node = FindWorker(instance_id, worker_id);
+  auto node = FindWorker(origin);
   if (!node.has_value()) {
     if (node.error().code() == StatusCode::kNotFound) Counters::Add(c.unknown_worker_batches);
     return MakeError(std::move(node).error());
   }
   KVT_ASSIGN_OR_RETURN(LocationId location_id, locations_.Intern(location));
   WorkerNode& worker = **node;
-  if (!worker.lock().Acquire(options_.lock_timeout)) return LockTimeoutError("worker");
-  AdoptFast hold(&worker.lock());
-  if (worker.removed()) {
-    Counters::Add(c.unknown_worker_batches);
-    return MakeError(Status::NotFound(
-        fmt::format("cluster registry: unknown worker {}/{}", instance_id, worker_id)));
+  NodeEvents events;
+  Result<BatchResult> result = MakeError(Status::Internal("unset"));
+  {
+    if (!worker.lock().Acquire(options_.lock_timeout)) return LockTimeoutError("worker");
+    AdoptFast hold(&worker.lock());
+    if (worker.removed()) {
+      Counters::Add(c.unknown_worker_batches);
+      return MakeError(UnknownWorker(origin));
+    }
+    result = worker.ApplyBatch(location_id, seq, ops, index_, options_.max_sync_evictions, &events);
   }
-  KVT_ASSIGN_OR_RETURN(BatchResult result, worker.ApplyBatch(location_id, seq, ops, index_));
-  switch (result.outcome) {
+  Count(events);
+  if (!result.has_value()) return result;
+  switch (result->outcome) {
     case BatchOutcome::kAppliedAfterGap:
       Counters::Add(c.seq_gaps);
       [[fallthrough]];
     case BatchOutcome::kApplied:
       Counters::Add(c.batches_applied);
-      Counters::Add(c.keys_admitted, result.keys_added);
-      Counters::Add(c.keys_evicted, result.keys_removed);
+      Counters::Add(c.keys_admitted, result->keys_added);
+      Counters::Add(c.keys_evicted, result->keys_removed);
       break;
     case BatchOutcome::kIgnoredStale:
       Counters::Add(c.stale_batches);
-      break;
-    case BatchOutcome::kDiscardedSyncing:
-      Counters::Add(c.discarded_during_sync);
       break;
   }
   return result;
 }
 
-Result<BatchResult> RegistryTree::Admit(std::string_view instance_id, WorkerId worker_id,
-                                        std::string_view location, uint64_t seq,
-                                        std::span<const ObjectKey> keys) {
+Result<BatchResult> RegistryTree::Admit(const Origin& origin, std::string_view location,
+                                        uint64_t seq, std::span<const ObjectKey> keys) {
   thread_local std::vector<IndexOp> ops;
   ops.resize(keys.size());
   for (size_t i = 0; i < keys.size(); ++i) ops[i] = IndexOp{&keys[i], true};
-  return ApplyBatch(instance_id, worker_id, location, seq, ops);
+  return ApplyBatch(origin, location, seq, ops);
 }
 
-Result<BatchResult> RegistryTree::Evict(std::string_view instance_id, WorkerId worker_id,
-                                        std::string_view location, uint64_t seq,
-                                        std::span<const ObjectKey> keys) {
+Result<BatchResult> RegistryTree::Evict(const Origin& origin, std::string_view location,
+                                        uint64_t seq, std::span<const ObjectKey> keys) {
   thread_local std::vector<IndexOp> ops;
   ops.resize(keys.size());
   for (size_t i = 0; i < keys.size(); ++i) ops[i] = IndexOp{&keys[i], false};
-  return ApplyBatch(instance_id, worker_id, location, seq, ops);
+  return ApplyBatch(origin, location, seq, ops);
 }
 
-Result<BatchResult> RegistryTree::ApplyOps(std::string_view instance_id, WorkerId worker_id,
-                                           std::string_view location, uint64_t seq,
-                                           std::span<const KvOp> kv_ops) {
+Result<BatchResult> RegistryTree::ApplyOps(const Origin& origin, std::string_view location,
+                                           uint64_t seq, std::span<const KvOp> kv_ops) {
   thread_local std::vector<IndexOp> ops;
   ops.resize(kv_ops.size());
   for (size_t i = 0; i < kv_ops.size(); ++i) {
     ops[i] = IndexOp{&kv_ops[i].key, kv_ops[i].type == KvOpType::kAdmit};
   }
-  return ApplyBatch(instance_id, worker_id, location, seq, ops);
+  return ApplyBatch(origin, location, seq, ops);
 }
 
 std::optional<KvHolder> RegistryTree::FindKv(const ObjectKey& key,
@@ -124,7 +120,7 @@ std::optional<KvHolder> RegistryTree::FindKv(const ObjectKey& key,
   }
   if (best == nullptr) return std::nullopt;
   return KvHolder{*best->identity->instance_id, best->identity->worker_id,
-                  locations_.Name(HolderLocation(best->holder))};
+                  locations_.Name(HolderLocation(best->holder)), best->identity->address};
 }
 
 std::vector<KvHolder> RegistryTree::FindKvAll(const ObjectKey& key,
@@ -135,7 +131,7 @@ std::vector<KvHolder> RegistryTree::FindKvAll(const ObjectKey& key,
   for (const ResolvedHolder& h : holders) {
     if (Excluded(*h.identity, exclude_instance)) continue;
     all.push_back(KvHolder{*h.identity->instance_id, h.identity->worker_id,
-                           locations_.Name(HolderLocation(h.holder))});
+                           locations_.Name(HolderLocation(h.holder)), h.identity->address});
   }
   std::sort(all.begin(), all.end(), [](const KvHolder& a, const KvHolder& b) {
     return std::tie(a.instance_id, a.worker_id, a.location) <
@@ -176,73 +172,86 @@ Result<std::optional<PeerMatch>> RegistryTree::FindKvWithWorkerInfo(
     uint32_t run = 0;
     while (run < keys.size() && index_.Contains(keys[run], hashes[run], holder)) ++run;
     if (run > 0 && (!best.has_value() || run > best->num_hit_chunks)) {
-      best =
-          PeerMatch{KvHolder{node.instance_id(), node.worker_id(), locations_.Name(cand.location)},
-                    node.address(), run};
+      best = PeerMatch{KvHolder{node.instance_id(), node.worker_id(),
+                                locations_.Name(cand.location), node.address()},
+                       run};
     }
   }
   return best;
 }
 
-std::vector<PrefixMatch> RegistryTree::PrefixLookup(std::span<const ObjectKey> keys) const {
+std::vector<PrefixMatch> RegistryTree::PrefixLookup(std::span<const ObjectKey> keys,
+                                                    uint32_t keys_per_chunk,
+                                                    std::string_view exclude_instance) const {
   struct Run {
     const std::string* instance_id;  // interned: one pointer per instance id
-    uint32_t chunks;
+    uint32_t chunks;                 // whole chunks held from chunk 0
+    uint32_t keys_seen;              // keys of the current chunk it holds
+    size_t last_key;                 // the key it was last counted for (once per key)
   };
+  if (keys_per_chunk == 0 || keys.size() < keys_per_chunk) return {};
+  const size_t num_chunks = keys.size() / keys_per_chunk;
   absl::InlinedVector<Run, 8> runs;
   ResolvedHolders holders;
-  if (keys.empty() || !index_.ReadHolders(keys[0], keys[0].Hash(), &holders)) return {};
-  for (const ResolvedHolder& h : holders) {
-    const std::string* id = h.identity->instance_id;
-    if (std::none_of(runs.begin(), runs.end(), [&](const Run& r) { return r.instance_id == id; })) {
-      runs.push_back(Run{id, 1});
-    }
-  }
-  size_t alive = runs.size();
-  for (size_t i = 1; i < keys.size() && alive > 0; ++i) {
-    alive = 0;
-    if (!index_.ReadHolders(keys[i], keys[i].Hash(), &holders)) break;
-    for (const ResolvedHolder& h : holders) {
-      for (Run& r : runs) {
-        // Only runs unbroken through chunk i - 1 extend; each instance once per chunk.
-        if (r.instance_id == h.identity->instance_id && r.chunks == i) {
-          r.chunks = static_cast<uint32_t>(i + 1);
-          ++alive;
+  for (size_t chunk = 0; chunk < num_chunks; ++chunk) {
+    for (Run& r : runs) r.keys_seen = 0;
+    for (uint32_t k = 0; k < keys_per_chunk; ++k) {
+      const size_t i = chunk * keys_per_chunk + k;
+      if (!index_.ReadHolders(keys[i], keys[i].Hash(), &holders)) break;
+      for (const ResolvedHolder& h : holders) {
+        const std::string* id = h.identity->instance_id;
+        auto it = std::find_if(runs.begin(), runs.end(),
+                               [&](const Run& r) { return r.instance_id == id; });
+        if (it == runs.end()) {
+          // Only chunk 0 brings instances in; later chunks only extend their runs.
+          if (chunk != 0 || Excluded(*h.identity, exclude_instance)) continue;
+          runs.push_back(Run{id, 0, 0, SIZE_MAX});
+          it = runs.end() - 1;
+        }
+        // Runs unbroken so far count each key once, whichever worker or location holds it.
+        if (it->chunks == chunk && it->last_key != i) {
+          it->last_key = i;
+          ++it->keys_seen;
         }
       }
     }
+    bool extended = false;
+    for (Run& r : runs) {
+      if (r.chunks == chunk && r.keys_seen == keys_per_chunk) {
+        ++r.chunks;
+        extended = true;
+      }
+    }
+    if (!extended) break;
   }
   std::sort(runs.begin(), runs.end(), [](const Run& a, const Run& b) {
     if (a.chunks != b.chunks) return a.chunks > b.chunks;
     return *a.instance_id < *b.instance_id;
   });
   std::vector<PrefixMatch> matches;
-  matches.reserve(runs.size());
-  for (const Run& r : runs) matches.push_back(PrefixMatch{*r.instance_id, r.chunks});
+  for (const Run& r : runs) {
+    if (r.chunks > 0) matches.push_back(PrefixMatch{*r.instance_id, r.chunks});
+  }
   return matches;
 }
 
-Result<std::vector<ObjectKey>> RegistryTree::ListWorkerKeys(std::string_view instance_id,
-                                                            WorkerId worker_id,
+Result<std::vector<ObjectKey>> RegistryTree::ListWorkerKeys(const Origin& origin,
                                                             std::string_view location) const {
-  KVT_ASSIGN_OR_RETURN(auto node, FindWorker(instance_id, worker_id));
+  KVT_ASSIGN_OR_RETURN(auto node, FindWorker(origin));
   std::vector<ObjectKey> keys;
   const std::optional<LocationId> location_id = locations_.Find(location);
   if (!node->lock().Acquire(options_.lock_timeout)) return LockTimeoutError("worker");
   AdoptFast hold(&node->lock());
-  if (node->removed()) {
-    return MakeError(Status::NotFound(
-        fmt::format("cluster registry: unknown worker {}/{}", instance_id, worker_id)));
-  }
+  if (node->removed()) return MakeError(UnknownWorker(origin));
   if (!location_id.has_value()) return keys;
   std::vector<KeyRef> refs = node->Refs(*location_id);
   index_.KeysOf(refs, &keys);  // the refs stay valid while the worker lock is held
   return keys;
 }
 
-Result<uint64_t> RegistryTree::ClearWorker(std::string_view instance_id, WorkerId worker_id,
+Result<uint64_t> RegistryTree::ClearWorker(const Origin& origin,
                                            std::optional<std::string_view> location) {
-  KVT_ASSIGN_OR_RETURN(auto node, FindWorker(instance_id, worker_id));
+  KVT_ASSIGN_OR_RETURN(auto node, FindWorker(origin));
   std::optional<LocationId> location_id;
   if (location.has_value()) {
     location_id = locations_.Find(*location);
@@ -250,11 +259,8 @@ Result<uint64_t> RegistryTree::ClearWorker(std::string_view instance_id, WorkerI
   }
   if (!node->lock().Acquire(options_.lock_timeout)) return LockTimeoutError("worker");
   AdoptFast hold(&node->lock());
-  if (node->removed()) {
-    return MakeError(Status::NotFound(
-        fmt::format("cluster registry: unknown worker {}/{}", instance_id, worker_id)));
-  }
-  return node->ClearKeys(location_id, index_);
+  if (node->removed()) return MakeError(UnknownWorker(origin));
+  return node->ClearKeys(location_id, index_, /*request_sync=*/true);
 }
 
 Result<uint64_t> RegistryTree::Clear() {
@@ -263,7 +269,7 @@ Result<uint64_t> RegistryTree::Clear() {
   for (const auto& node : nodes) {
     if (!node->lock().Acquire(options_.lock_timeout)) return LockTimeoutError("worker");
     AdoptFast hold(&node->lock());
-    if (!node->removed()) removed += node->ClearKeys(std::nullopt, index_);
+    if (!node->removed()) removed += node->ClearKeys(std::nullopt, index_, /*request_sync=*/true);
   }
   return removed;
 }

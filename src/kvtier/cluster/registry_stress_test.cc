@@ -33,109 +33,59 @@ constexpr int kChurners = 2;
 constexpr int kReaders = 2;
 constexpr uint64_t kSharedKeys = 2048;  // owners and churners admit these: many holders a key
 constexpr uint32_t kChain = 16;         // each owner's pinned prefix chain
-const std::vector<std::string> kLocations = {"L1", "fs", "redis"};
+const std::vector<std::string> kLocations = {"L1", "fs", "redis"};  // the owners' tiers
 
 std::vector<ObjectKey> PinnedChain(int owner) {
   return WorkloadKeys(kChain, 1'000'000 + static_cast<uint64_t>(owner) * 1000);
 }
 
-// One owner thread: its workers never leave, and it keeps an exact model of their key sets.
+// One owner thread: its workers never leave, and it keeps an exact model of their key sets
+// (what a worker would hold), including full syncs whose batches interleave with events.
 class Owner {
  public:
   Owner(RegistryTree* tree, int id) : tree_(tree), rng_(1000 + id) {
     instance_ = "owner" + std::to_string(id);
     for (WorkerId w = 0; w < 2; ++w) {
-      WorkerRegistration r{instance_, w, "tcp://" + instance_ + ":" + std::to_string(w), false};
+      WorkerRegistration r;
+      r.instance_id = instance_;
+      r.worker_id = w;
+      r.address = "tcp://" + instance_ + ":" + std::to_string(w);
+      r.locations = kLocations;
+      r.expects_heartbeats = false;
       KVT_CHECK(tree_->RegisterWorker(r).has_value());
     }
     // The pinned chain: worker 0, location "pin", never touched again.
-    KVT_CHECK(tree_->Admit(instance_, 0, "pin", 0, PinnedChain(id)).has_value());
+    KVT_CHECK(tree_->Admit({instance_, 0}, "pin", 1, PinnedChain(id)).has_value());
   }
 
   void Step() {
     const WorkerId w = static_cast<WorkerId>(rng_() % 2);
     const size_t loc = rng_() % kLocations.size();
-    auto& model = model_[w][loc];
-    std::vector<ObjectKey> batch;
-    const size_t n = 1 + rng_() % 64;
-    for (size_t i = 0; i < n; ++i) batch.push_back(WorkloadKey(rng_() % kSharedKeys));
-    const std::string& location = kLocations[loc];
     switch (rng_() % 16) {
-      case 0: {  // full sync of the location with a fresh key set, in shuffled batches
-        std::set<uint64_t> ids;
-        const size_t total = rng_() % 200;
-        for (size_t i = 0; i < total; ++i) ids.insert(rng_() % kSharedKeys);
-        std::vector<ObjectKey> all;
-        for (uint64_t id : ids) all.push_back(WorkloadKey(id));
-        const uint32_t batches = static_cast<uint32_t>((all.size() + 31) / 32);
-        const std::string sync_id = instance_ + "-" + std::to_string(++syncs_);
-        KVT_CHECK(tree_->StartFullSync(instance_, w, location, sync_id, all.size(), batches).ok());
-        std::vector<uint32_t> order(batches);
-        for (uint32_t b = 0; b < batches; ++b) order[b] = b;
-        std::shuffle(order.begin(), order.end(), rng_);
-        for (uint32_t b : order) {
-          std::span<const ObjectKey> part =
-              std::span(all).subspan(b * 32, std::min<size_t>(32, all.size() - b * 32));
-          KVT_CHECK(tree_
-                        ->AddFullSyncBatch(instance_, w, location, sync_id, b,
-                                           std::vector<ObjectKey>(part.begin(), part.end()))
-                        .has_value());
-          if (rng_() % 4 == 0) {  // a resend
-            KVT_CHECK(tree_
-                          ->AddFullSyncBatch(instance_, w, location, sync_id, b,
-                                             std::vector<ObjectKey>(part.begin(), part.end()))
-                          ->duplicate);
-          }
-        }
-        auto end = tree_->EndFullSync(instance_, w, location, sync_id, all.size());
-        KVT_CHECK(end.has_value() && end->state == FullSyncState::kCompleted);
-        model = absl::flat_hash_set<ObjectKey, keys::ObjectKeyHash>(all.begin(), all.end());
-        seq_[w][loc] = 0;  // a new baseline after a sync
+      case 0:
+        FullSync(w, loc);
         return;
-      }
       case 1:
-        KVT_CHECK(tree_->ClearWorker(instance_, w, location).has_value());
-        model.clear();
-        seq_[w][loc] = 0;
+        KVT_CHECK(tree_->ClearWorker({instance_, w}, kLocations[loc]).has_value());
+        model_[w][loc].clear();
         return;
-      case 2:
-      case 3:
-      case 4:
-      case 5: {
-        auto r = tree_->Evict(instance_, w, location, seq_[w][loc]++, batch);
-        KVT_CHECK(r.has_value() && r->outcome == BatchOutcome::kApplied);
-        for (const auto& k : batch) model.erase(k);
-        return;
-      }
-      case 6: {
-        std::vector<KvOp> ops;
-        for (const auto& k : batch) {
-          ops.push_back(KvOp{rng_() % 2 ? KvOpType::kAdmit : KvOpType::kEvict, k});
+      case 2: {  // a heartbeat with exact reports: never a lost event or a count mismatch
+        std::vector<LocationReport> reports;
+        for (size_t l = 0; l < kLocations.size(); ++l) {
+          reports.push_back(LocationReport{kLocations[l], seq_[w][l], model_[w][l].size()});
         }
-        auto r = tree_->ApplyOps(instance_, w, location, seq_[w][loc]++, ops);
-        KVT_CHECK(r.has_value() && r->outcome == BatchOutcome::kApplied);
-        for (const auto& op : ops) {
-          if (op.type == KvOpType::kAdmit) {
-            model.insert(op.key);
-          } else {
-            model.erase(op.key);
-          }
-        }
+        KVT_CHECK(tree_->Heartbeat({instance_, w}, reports).has_value());
         return;
       }
-      default: {
-        auto r = tree_->Admit(instance_, w, location, seq_[w][loc]++, batch);
-        KVT_CHECK(r.has_value() && r->outcome == BatchOutcome::kApplied);
-        model.insert(batch.begin(), batch.end());
-        return;
-      }
+      default:
+        Event(w, loc);
     }
   }
 
   void Verify() const {
     for (WorkerId w = 0; w < 2; ++w) {
       for (size_t loc = 0; loc < kLocations.size(); ++loc) {
-        auto listed = tree_->ListWorkerKeys(instance_, w, kLocations[loc]);
+        auto listed = tree_->ListWorkerKeys({instance_, w}, kLocations[loc]);
         ASSERT_TRUE(listed.has_value());
         absl::flat_hash_set<ObjectKey, keys::ObjectKeyHash> got(listed->begin(), listed->end());
         EXPECT_EQ(got.size(), listed->size()) << "duplicates in a key list";
@@ -145,12 +95,70 @@ class Owner {
   }
 
  private:
+  // One admit, evict or mixed batch of the location, in sequence.
+  void Event(WorkerId w, size_t loc) {
+    auto& model = model_[w][loc];
+    std::vector<KvOp> ops;
+    const size_t n = 1 + rng_() % 64;
+    const uint64_t kind = rng_() % 4;  // 0, 1: admit; 2: evict; 3: mixed
+    for (size_t i = 0; i < n; ++i) {
+      const KvOpType type = kind < 2    ? KvOpType::kAdmit
+                            : kind == 2 ? KvOpType::kEvict
+                                        : (rng_() % 2 ? KvOpType::kAdmit : KvOpType::kEvict);
+      ops.push_back(KvOp{type, WorkloadKey(rng_() % kSharedKeys)});
+    }
+    auto r = tree_->ApplyOps({instance_, w}, kLocations[loc], ++seq_[w][loc], ops);
+    KVT_CHECK(r.has_value() && r->outcome == BatchOutcome::kApplied && !r->failed_sync);
+    for (const KvOp& op : ops) {
+      if (op.type == KvOpType::kAdmit) {
+        model.insert(op.key);
+      } else {
+        model.erase(op.key);
+      }
+    }
+  }
+
+  // A snapshot of a fresh key set (the worker's truth from now on), sent in shuffled batches
+  // with resends, while events of the location go on.
+  void FullSync(WorkerId w, size_t loc) {
+    std::set<uint64_t> ids;
+    const size_t total = rng_() % 200;
+    for (size_t i = 0; i < total; ++i) ids.insert(rng_() % kSharedKeys);
+    std::vector<ObjectKey> snapshot;
+    for (uint64_t id : ids) snapshot.push_back(WorkloadKey(id));
+    const auto batches = static_cast<uint32_t>((snapshot.size() + 31) / 32);
+    const uint64_t sync_id = ++syncs_;
+    const Origin origin{instance_, w};
+    const std::string& location = kLocations[loc];
+    KVT_CHECK(
+        tree_->StartFullSync(origin, location, sync_id, seq_[w][loc], snapshot.size(), batches)
+            .ok());
+    model_[w][loc] =
+        absl::flat_hash_set<ObjectKey, keys::ObjectKeyHash>(snapshot.begin(), snapshot.end());
+    std::vector<uint32_t> order(batches);
+    for (uint32_t b = 0; b < batches; ++b) order[b] = b;
+    std::shuffle(order.begin(), order.end(), rng_);
+    for (uint32_t b : order) {
+      const size_t first = size_t{b} * 32;
+      const std::vector<ObjectKey> part(
+          snapshot.begin() + static_cast<ptrdiff_t>(first),
+          snapshot.begin() + static_cast<ptrdiff_t>(std::min(snapshot.size(), first + 32)));
+      KVT_CHECK(tree_->AddFullSyncBatch(origin, location, sync_id, b, part).has_value());
+      if (rng_() % 4 == 0) {
+        KVT_CHECK(tree_->AddFullSyncBatch(origin, location, sync_id, b, part)->duplicate);
+      }
+      if (rng_() % 2 == 0) Event(w, loc);  // an event between batches
+    }
+    auto end = tree_->EndFullSync(origin, location, sync_id, snapshot.size());
+    KVT_CHECK(end.has_value() && end->state == FullSyncState::kCompleted);
+  }
+
   RegistryTree* tree_;
   std::mt19937_64 rng_;
   std::string instance_;
   uint64_t syncs_ = 0;
   absl::flat_hash_set<ObjectKey, keys::ObjectKeyHash> model_[2][3];
-  uint64_t seq_[2][3] = {};
+  uint64_t seq_[2][3] = {};  // the last seq sent per location
 };
 
 TEST(RegistryStressTest, EveryOperationAtOnceKeepsTheIndexConsistent) {
@@ -189,25 +197,28 @@ TEST(RegistryStressTest, EveryOperationAtOnceKeepsTheIndexConsistent) {
         const WorkerId w = static_cast<WorkerId>(rng() % 4);
         switch (rng() % 12) {
           case 0: {
-            WorkerRegistration r{instance, w, "tcp://" + instance, true};
+            WorkerRegistration r;
+            r.instance_id = instance;
+            r.worker_id = w;
+            r.address = "tcp://" + instance;
             KVT_CHECK(tree->RegisterWorker(r).has_value());
             seq[w] = 0;
             break;
           }
           case 1:
-            (void)tree->DeregisterWorker(instance, w);
+            (void)tree->DeregisterWorker({instance, w});
             break;
           case 2:
             (void)tree->DeregisterInstance(instance);
             break;
           case 3:
-            (void)tree->Heartbeat(instance, w);
+            (void)tree->Heartbeat({instance, w});
             break;
           default: {
             std::vector<ObjectKey> batch;
             for (int i = 0; i < 32; ++i) batch.push_back(WorkloadKey(rng() % kSharedKeys));
-            auto r = rng() % 3 == 0 ? tree->Evict(instance, w, "L1", seq[w], batch)
-                                    : tree->Admit(instance, w, "L1", seq[w], batch);
+            auto r = rng() % 3 == 0 ? tree->Evict({instance, w}, "L1", seq[w], batch)
+                                    : tree->Admit({instance, w}, "L1", seq[w], batch);
             if (r.has_value()) {
               KVT_CHECK(r->outcome == BatchOutcome::kApplied);
               ++seq[w];
@@ -215,7 +226,10 @@ TEST(RegistryStressTest, EveryOperationAtOnceKeepsTheIndexConsistent) {
             } else {
               // Reaped or deregistered meanwhile: register again (a new baseline).
               KVT_CHECK(r.error().code() == StatusCode::kNotFound);
-              WorkerRegistration again{instance, w, "tcp://" + instance, true};
+              WorkerRegistration again;
+              again.instance_id = instance;
+              again.worker_id = w;
+              again.address = "tcp://" + instance;
               KVT_CHECK(tree->RegisterWorker(again).has_value());
               seq[w] = 0;
             }
@@ -275,6 +289,8 @@ TEST(RegistryStressTest, EveryOperationAtOnceKeepsTheIndexConsistent) {
   RegistryStats s = tree->Stats();
   EXPECT_EQ(s.seq_gaps, 0u);
   EXPECT_EQ(s.stale_batches, 0u);
+  EXPECT_EQ(s.lost_events, 0u);
+  EXPECT_EQ(s.key_count_mismatches, 0u);
   EXPECT_EQ(s.lock_timeouts, 0u);
   EXPECT_EQ(s.workers_reaped, reaped.load());
   EXPECT_EQ(s.full_syncs_failed, 0u);

@@ -1,6 +1,7 @@
 // Fixture shared by the RegistryTree tests.
 #pragma once
 
+#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
@@ -11,6 +12,16 @@
 #include "kvtier/cluster/registry_workload.h"
 
 namespace kvtier::cluster {
+
+inline WorkerRegistration Registration(std::string instance, WorkerId worker,
+                                       std::string address = "", bool expects_heartbeats = true) {
+  WorkerRegistration r;
+  r.instance_id = std::move(instance);
+  r.worker_id = worker;
+  r.address = std::move(address);
+  r.expects_heartbeats = expects_heartbeats;
+  return r;
+}
 
 class RegistryTestBase : public ::testing::Test {
  protected:
@@ -23,33 +34,45 @@ class RegistryTestBase : public ::testing::Test {
     tree_ = RegistryTree::Create(options).value();
   }
 
-  void Register(const std::string& instance, WorkerId worker, const std::string& address = "",
-                bool expects_heartbeats = true) {
-    WorkerRegistration r;
-    r.instance_id = instance;
-    r.worker_id = worker;
-    r.address =
-        address.empty() ? "tcp://" + instance + ":" + std::to_string(5600 + worker) : address;
-    r.expects_heartbeats = expects_heartbeats;
-    ASSERT_TRUE(tree_->RegisterWorker(r).has_value());
+  // The address Register gives a worker by default.
+  static std::string DefaultAddress(const std::string& instance, WorkerId worker) {
+    return "tcp://" + instance + ":" + std::to_string(5600 + worker);
+  }
+
+  // Registers and returns the registration id (0 on failure, with a test failure).
+  uint64_t Register(const std::string& instance, WorkerId worker, const std::string& address = "",
+                    bool expects_heartbeats = true) {
+    auto result = tree_->RegisterWorker(
+        Registration(instance, worker, address.empty() ? DefaultAddress(instance, worker) : address,
+                     expects_heartbeats));
+    EXPECT_TRUE(result.has_value()) << result.error().ToString();
+    return result.has_value() ? result->registration_id : 0;
+  }
+
+  // A holder with the default address (its strings kept alive by the fixture).
+  KvHolder H(const std::string& instance, WorkerId worker, const std::string& location) {
+    const std::string& i = strings_.emplace_back(instance);
+    const std::string& l = strings_.emplace_back(location);
+    const std::string& a = strings_.emplace_back(DefaultAddress(instance, worker));
+    return KvHolder{i, worker, l, a};
   }
 
   // Admits/evicts and expects success; returns the result.
   BatchResult Admit(const std::string& instance, WorkerId worker, const std::string& location,
                     uint64_t seq, const std::vector<ObjectKey>& keys) {
-    auto r = tree_->Admit(instance, worker, location, seq, keys);
+    auto r = tree_->Admit({instance, worker}, location, seq, keys);
     EXPECT_TRUE(r.has_value()) << r.error().ToString();
     return r.value_or(BatchResult{});
   }
   BatchResult Evict(const std::string& instance, WorkerId worker, const std::string& location,
                     uint64_t seq, const std::vector<ObjectKey>& keys) {
-    auto r = tree_->Evict(instance, worker, location, seq, keys);
+    auto r = tree_->Evict({instance, worker}, location, seq, keys);
     EXPECT_TRUE(r.has_value()) << r.error().ToString();
     return r.value_or(BatchResult{});
   }
 
   size_t KeyCount(const std::string& instance, WorkerId worker, const std::string& location) {
-    auto keys = tree_->ListWorkerKeys(instance, worker, location);
+    auto keys = tree_->ListWorkerKeys({instance, worker}, location);
     EXPECT_TRUE(keys.has_value());
     return keys.has_value() ? keys->size() : 0;
   }
@@ -64,6 +87,7 @@ class RegistryTestBase : public ::testing::Test {
 
   FakeClock clock_;
   std::unique_ptr<RegistryTree> tree_;
+  std::deque<std::string> strings_;
 };
 
 }  // namespace kvtier::cluster

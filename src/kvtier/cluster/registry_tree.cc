@@ -1,16 +1,16 @@
-// RegistryTree: construction, registration, liveness, admin views and consistency checks.
-// Updates and lookups are in registry_kv.cc, full sync in registry_sync.cc.
+// RegistryTree: construction, registration, liveness. Events and lookups are in registry_kv.cc,
+// full sync in registry_sync.cc, admin views in registry_admin.cc.
 #include "kvtier/cluster/registry_tree.h"
 
 #include <algorithm>
-#include <tuple>
+#include <random>
 
 #include <absl/container/flat_hash_set.h>
 #include <fmt/chrono.h>
 #include <fmt/format.h>
 
 #include "kvtier/cluster/lock_holds.h"
-#include "kvtier/cluster/registry_counters.h"
+#include "kvtier/cluster/registry_internal.h"
 #include "kvtier/common/check.h"
 #include "kvtier/common/logging.h"
 
@@ -69,11 +69,19 @@ Result<std::unique_ptr<RegistryTree>> RegistryTree::Create(const RegistryOptions
   return std::unique_ptr<RegistryTree>(new RegistryTree(options));
 }
 
+namespace {
+uint64_t RandomSeed() {
+  std::random_device device;
+  return (uint64_t{device()} << 32) ^ device();
+}
+}  // namespace
+
 RegistryTree::RegistryTree(const RegistryOptions& options)
     : options_(options),
       clock_(options.clock),
       slots_(options.max_workers),
       index_(options.num_shards, &slots_),
+      registration_id_base_(RandomSeed()),
       counters_(std::make_unique<Counters>()) {}
 
 RegistryTree::~RegistryTree() = default;
@@ -90,21 +98,17 @@ InstanceNode* RegistryTree::FindInstance(std::string_view instance_id) const {
   return it == instances_.end() ? nullptr : it->second.get();
 }
 
-Result<std::shared_ptr<WorkerNode>> RegistryTree::FindWorker(std::string_view instance_id,
-                                                             WorkerId worker_id) const {
+Result<std::shared_ptr<WorkerNode>> RegistryTree::FindWorker(const Origin& origin) const {
   if (!tree_lock_.AcquireRead(options_.lock_timeout)) return LockTimeoutError("registry");
   AdoptRead tree_hold(&tree_lock_);
-  InstanceNode* instance = FindInstance(instance_id);
-  if (instance == nullptr) {
-    return MakeError(
-        Status::NotFound(fmt::format("cluster registry: unknown instance '{}'", instance_id)));
-  }
+  InstanceNode* instance = FindInstance(origin.instance_id);
+  if (instance == nullptr) return MakeError(UnknownWorker(origin));
   if (!instance->lock().AcquireRead(options_.lock_timeout)) return LockTimeoutError("instance");
   AdoptRead instance_hold(&instance->lock());
-  std::shared_ptr<WorkerNode> node = instance->Find(worker_id);
-  if (node == nullptr) {
-    return MakeError(Status::NotFound(
-        fmt::format("cluster registry: unknown worker {}/{}", instance_id, worker_id)));
+  std::shared_ptr<WorkerNode> node = instance->Find(origin.worker_id);
+  if (node == nullptr ||
+      (origin.registration_id != 0 && node->registration_id() != origin.registration_id)) {
+    return MakeError(UnknownWorker(origin));
   }
   return node;
 }
@@ -137,14 +141,42 @@ WorkerNode* RegistryTree::NodeAt(uint32_t slot) const {
 
 Result<std::shared_ptr<WorkerNode>> RegistryTree::PutNode(InstanceNode* instance,
                                                           const WorkerRegistration& r,
-                                                          uint32_t slot, TimePoint now) {
+                                                          const std::vector<LocationId>& locations,
+                                                          uint64_t registration_id, uint32_t slot,
+                                                          TimePoint now) {
   if (!instance->lock().AcquireWrite(options_.lock_timeout)) return LockTimeoutError("instance");
   AdoptWrite instance_hold(&instance->lock());
   const WorkerIdentity* identity = slots_.Intern(r.instance_id, r.worker_id, r.address);
-  auto node = std::make_shared<WorkerNode>(identity, slot, r.expects_heartbeats, now);
+  auto node = std::make_shared<WorkerNode>(identity, r, registration_id, slot, now);
+  {
+    sync::FastLockHolder hold(&node->lock());  // not shared yet: never contended
+    for (LocationId location : locations) node->AddLocation(location);
+  }
   // Resolvable before any holder of the slot can exist.
   slots_.Publish(slot, identity, node.get());
   return instance->Put(std::move(node));
+}
+
+uint64_t RegistryTree::NewRegistrationId() {
+  for (;;) {
+    // splitmix64's finaliser is a bijection: distinct counters give distinct ids.
+    uint64_t x =
+        registration_id_base_ +
+        registration_counter_.fetch_add(1, std::memory_order_relaxed) * 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    if (x != 0) return x;
+  }
+}
+
+void RegistryTree::Count(const NodeEvents& events) const {
+  Counters& c = *counters_;
+  Counters::Add(c.lost_events, events.lost_events);
+  Counters::Add(c.key_count_mismatches, events.key_count_mismatches);
+  Counters::Add(c.full_syncs_failed, events.syncs_failed);
+  Counters::Add(c.full_syncs_superseded, events.syncs_superseded);
+  Counters::Add(c.full_syncs_completed, events.syncs_completed);
 }
 
 uint64_t RegistryTree::RetireNode(const std::shared_ptr<WorkerNode>& node) {
@@ -188,7 +220,17 @@ Result<RegisterResult> RegistryTree::RegisterWorker(const WorkerRegistration& re
     return MakeError(Status::InvalidArgument(
         fmt::format("cluster registry: an address has at most {} bytes", kMaxAddressLength)));
   }
+  if (registration.locations.size() > kMaxLocationsPerWorker) {
+    return MakeError(Status::InvalidArgument(fmt::format(
+        "cluster registry: a worker has at most {} locations", kMaxLocationsPerWorker)));
+  }
+  std::vector<LocationId> locations;
+  for (const std::string& name : registration.locations) {
+    KVT_ASSIGN_OR_RETURN(LocationId id, locations_.Intern(name));
+    locations.push_back(id);
+  }
   const TimePoint now = clock_->Now();
+  const uint64_t registration_id = NewRegistrationId();
   KVT_ASSIGN_OR_RETURN(uint32_t slot, slots_.Allocate());
   Result<std::shared_ptr<WorkerNode>> replaced = MakeError(Status::Internal("unset"));
   bool placed = false;
@@ -199,7 +241,7 @@ Result<RegisterResult> RegistryTree::RegisterWorker(const WorkerRegistration& re
     }
     AdoptRead tree_hold(&tree_lock_);
     if (InstanceNode* instance = FindInstance(registration.instance_id)) {
-      replaced = PutNode(instance, registration, slot, now);
+      replaced = PutNode(instance, registration, locations, registration_id, slot, now);
       placed = true;
     }
   }
@@ -216,7 +258,7 @@ Result<RegisterResult> RegistryTree::RegisterWorker(const WorkerRegistration& re
       instances_.emplace(registration.instance_id, std::move(created));
       num_instances_.fetch_add(1, std::memory_order_relaxed);
     }
-    replaced = PutNode(instance, registration, slot, now);
+    replaced = PutNode(instance, registration, locations, registration_id, slot, now);
   }
   if (!replaced.has_value()) {
     slots_.Release(slot);
@@ -224,6 +266,7 @@ Result<RegisterResult> RegistryTree::RegisterWorker(const WorkerRegistration& re
   }
   generation_.fetch_add(1, std::memory_order_release);
   RegisterResult result;
+  result.registration_id = registration_id;
   if (*replaced != nullptr) {
     result.re_registered = true;
     result.stale_keys_removed = RetireNode(*replaced);
@@ -233,32 +276,30 @@ Result<RegisterResult> RegistryTree::RegisterWorker(const WorkerRegistration& re
   return result;
 }
 
-Result<RemovedWorkers> RegistryTree::DeregisterWorker(std::string_view instance_id,
-                                                      WorkerId worker_id) {
+Result<RemovedWorkers> RegistryTree::DeregisterWorker(const Origin& origin) {
   std::shared_ptr<WorkerNode> node;
   bool instance_empty = false;
   {
     if (!tree_lock_.AcquireRead(options_.lock_timeout)) return LockTimeoutError("registry");
     AdoptRead tree_hold(&tree_lock_);
-    InstanceNode* instance = FindInstance(instance_id);
-    if (instance == nullptr) {
-      return MakeError(
-          Status::NotFound(fmt::format("cluster registry: unknown instance '{}'", instance_id)));
-    }
+    InstanceNode* instance = FindInstance(origin.instance_id);
+    if (instance == nullptr) return MakeError(UnknownWorker(origin));
     if (!instance->lock().AcquireWrite(options_.lock_timeout)) {
       return LockTimeoutError("instance");
     }
     AdoptWrite instance_hold(&instance->lock());
-    node = instance->Remove(worker_id);
+    std::shared_ptr<WorkerNode> current = instance->Find(origin.worker_id);
+    // A deregistration of a replaced registration must not remove its successor.
+    if (current == nullptr ||
+        (origin.registration_id != 0 && current->registration_id() != origin.registration_id)) {
+      return MakeError(UnknownWorker(origin));
+    }
+    node = instance->Remove(origin.worker_id);
     instance_empty = instance->empty();
-  }
-  if (node == nullptr) {
-    return MakeError(Status::NotFound(
-        fmt::format("cluster registry: unknown worker {}/{}", instance_id, worker_id)));
   }
   num_workers_.fetch_sub(1, std::memory_order_relaxed);
   generation_.fetch_add(1, std::memory_order_release);
-  if (instance_empty) RemoveInstanceIfEmpty(instance_id);
+  if (instance_empty) RemoveInstanceIfEmpty(origin.instance_id);
   RemovedWorkers removed;
   removed.workers = 1;
   removed.keys_removed = RetireNode(node);
@@ -292,17 +333,28 @@ Result<RemovedWorkers> RegistryTree::DeregisterInstance(std::string_view instanc
   return removed;
 }
 
-Status RegistryTree::Heartbeat(std::string_view instance_id, WorkerId worker_id) {
+Result<std::vector<FullSyncRequest>> RegistryTree::Heartbeat(
+    const Origin& origin, std::span<const LocationReport> reports) {
   const TimePoint now = clock_->Now();
-  KVT_ASSIGN_OR_RETURN(auto node, FindWorker(instance_id, worker_id));
-  if (!node->lock().Acquire(options_.lock_timeout)) return LockTimeoutError("worker");
-  AdoptFast hold(&node->lock());
-  if (node->removed()) {
-    return Status::NotFound(
-        fmt::format("cluster registry: unknown worker {}/{}", instance_id, worker_id));
+  KVT_ASSIGN_OR_RETURN(auto node, FindWorker(origin));
+  std::vector<std::pair<LocationId, LocationReport>> resolved;
+  resolved.reserve(reports.size());
+  for (const LocationReport& report : reports) {
+    KVT_ASSIGN_OR_RETURN(LocationId id, locations_.Intern(report.location));
+    resolved.emplace_back(id, report);
   }
-  node->Heartbeat(std::max(now, node->last_heartbeat()));
-  return Status::OK();
+  NodeEvents events;
+  std::vector<FullSyncRequest> requests;
+  {
+    if (!node->lock().Acquire(options_.lock_timeout)) return LockTimeoutError("worker");
+    AdoptFast hold(&node->lock());
+    if (node->removed()) return MakeError(UnknownWorker(origin));
+    node->Heartbeat(now);
+    requests = node->CheckReports(resolved, locations_, &events);
+  }
+  Count(events);
+  Counters::Add(counters_->full_sync_requests, requests.size());
+  return requests;
 }
 
 Result<std::vector<ReapedWorker>> RegistryTree::ReapDead(Duration timeout) {
@@ -364,160 +416,6 @@ Result<std::vector<ReapedWorker>> RegistryTree::ReapDead(Duration timeout) {
     reaped.push_back(std::move(dead));
   }
   return reaped;
-}
-
-Result<WorkerInfo> RegistryTree::GetWorkerInfo(std::string_view instance_id,
-                                               WorkerId worker_id) const {
-  KVT_ASSIGN_OR_RETURN(auto node, FindWorker(instance_id, worker_id));
-  if (!node->lock().Acquire(options_.lock_timeout)) return LockTimeoutError("worker");
-  AdoptFast hold(&node->lock());
-  if (node->removed()) {
-    return MakeError(Status::NotFound(
-        fmt::format("cluster registry: unknown worker {}/{}", instance_id, worker_id)));
-  }
-  return node->Info(locations_);
-}
-
-Result<std::shared_ptr<const std::vector<WorkerInfo>>> RegistryTree::WorkerInfos(
-    Duration max_age) const {
-  const TimePoint now = clock_->Now();
-  const uint64_t generation = generation_.load(std::memory_order_acquire);
-  {
-    MutexLock lock(&info_mu_);
-    if (info_cache_ != nullptr && info_generation_ == generation && now - info_time_ <= max_age &&
-        max_age > Duration::zero()) {
-      return info_cache_;
-    }
-  }
-  KVT_ASSIGN_OR_RETURN(auto nodes, SnapshotNodes());
-  auto infos = std::make_shared<std::vector<WorkerInfo>>();
-  infos->reserve(nodes.size());
-  for (const auto& node : nodes) {
-    if (!node->lock().Acquire(options_.lock_timeout)) return LockTimeoutError("worker");
-    AdoptFast hold(&node->lock());
-    if (!node->removed()) infos->push_back(node->Info(locations_));
-  }
-  std::shared_ptr<const std::vector<WorkerInfo>> snapshot = std::move(infos);
-  MutexLock lock(&info_mu_);
-  info_cache_ = snapshot;
-  info_generation_ = generation;
-  info_time_ = now;
-  return snapshot;
-}
-
-std::vector<std::string> RegistryTree::InstanceIds() const {
-  std::vector<std::string> ids;
-  {
-    sync::ReaderLock tree_hold(&tree_lock_);
-    ids.reserve(instances_.size());
-    for (const auto& [id, instance] : instances_) ids.push_back(id);
-  }
-  std::sort(ids.begin(), ids.end());
-  return ids;
-}
-
-Result<std::vector<WorkerId>> RegistryTree::WorkerIds(std::string_view instance_id) const {
-  std::vector<std::shared_ptr<WorkerNode>> nodes;
-  {
-    if (!tree_lock_.AcquireRead(options_.lock_timeout)) return LockTimeoutError("registry");
-    AdoptRead tree_hold(&tree_lock_);
-    InstanceNode* instance = FindInstance(instance_id);
-    if (instance == nullptr) {
-      return MakeError(
-          Status::NotFound(fmt::format("cluster registry: unknown instance '{}'", instance_id)));
-    }
-    if (!instance->lock().AcquireRead(options_.lock_timeout)) {
-      return LockTimeoutError("instance");
-    }
-    AdoptRead instance_hold(&instance->lock());
-    instance->AppendWorkers(&nodes);
-  }
-  std::vector<WorkerId> ids;
-  ids.reserve(nodes.size());
-  for (const auto& node : nodes) ids.push_back(node->worker_id());
-  std::sort(ids.begin(), ids.end());
-  return ids;
-}
-
-RegistryStats RegistryTree::Stats() const {
-  const Counters& c = *counters_;
-  auto get = [](const std::atomic<uint64_t>& v) { return v.load(std::memory_order_relaxed); };
-  RegistryStats s;
-  s.instances = static_cast<uint64_t>(std::max<int64_t>(0, num_instances_.load()));
-  s.workers = static_cast<uint64_t>(std::max<int64_t>(0, num_workers_.load()));
-  s.keys = index_.size();
-  s.holders = index_.holders();
-  s.batches_applied = get(c.batches_applied);
-  s.keys_admitted = get(c.keys_admitted);
-  s.keys_evicted = get(c.keys_evicted);
-  s.seq_gaps = get(c.seq_gaps);
-  s.stale_batches = get(c.stale_batches);
-  s.discarded_during_sync = get(c.discarded_during_sync);
-  s.unknown_worker_batches = get(c.unknown_worker_batches);
-  s.full_syncs_started = get(c.full_syncs_started);
-  s.full_syncs_completed = get(c.full_syncs_completed);
-  s.full_syncs_failed = get(c.full_syncs_failed);
-  s.sync_batches_duplicate = get(c.sync_batches_duplicate);
-  s.sync_batches_rejected = get(c.sync_batches_rejected);
-  s.workers_reaped = get(c.workers_reaped);
-  s.lock_timeouts = get(c.lock_timeouts);
-  return s;
-}
-
-RegistryMemory RegistryTree::Memory() const {
-  RegistryMemory memory;
-  index_.AddMemory(&memory);
-  auto nodes = SnapshotNodes();
-  if (nodes.has_value()) {
-    for (const auto& node : *nodes) {
-      sync::FastLockHolder hold(&node->lock());
-      memory.worker_set_bytes += node->KeySetBytes();
-    }
-  }
-  return memory;
-}
-
-Status RegistryTree::CheckConsistency() const {
-  KVT_ASSIGN_OR_RETURN(auto nodes, SnapshotNodes());
-  // (holder, ref) pairs of every worker set.
-  absl::flat_hash_set<uint64_t> from_workers;
-  for (const auto& node : nodes) {
-    sync::FastLockHolder hold(&node->lock());
-    if (node->removed()) continue;
-    if (NodeAt(node->slot()) != node.get()) {
-      return Status::Internal(fmt::format("slot {} does not name worker {}/{}", node->slot(),
-                                          node->instance_id(), node->worker_id()));
-    }
-    for (LocationId location : node->LocationIds()) {
-      for (KeyRef ref : node->Refs(location)) {
-        from_workers.insert(uint64_t{node->HolderAt(location)} << 32 | ref);
-      }
-    }
-  }
-  uint64_t entries = 0;
-  uint64_t holders = 0;
-  std::string problem;
-  index_.ForEach([&](const ObjectKey& key, KeyRef ref, std::span<const Holder> hs) {
-    ++entries;
-    if (hs.empty() && problem.empty()) problem = fmt::format("entry {:#x} has no holder", ref);
-    for (Holder h : hs) {
-      ++holders;
-      if (!from_workers.contains(uint64_t{h} << 32 | ref) && problem.empty()) {
-        problem = fmt::format("holder {:#x} of entry {:#x} ({}) is in no worker set", h, ref,
-                              key.ToString());
-      }
-    }
-  });
-  if (!problem.empty()) return Status::Internal(problem);
-  if (holders != from_workers.size()) {
-    return Status::Internal(
-        fmt::format("the index has {} holders, the worker sets {}", holders, from_workers.size()));
-  }
-  if (entries != index_.size() || holders != index_.holders()) {
-    return Status::Internal(fmt::format("counted {} keys / {} holders, the totals say {} / {}",
-                                        entries, holders, index_.size(), index_.holders()));
-  }
-  return Status::OK();
 }
 
 }  // namespace kvtier::cluster

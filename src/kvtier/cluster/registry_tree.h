@@ -80,66 +80,79 @@ class RegistryTree {
   RegistryTree(const RegistryTree&) = delete;
   RegistryTree& operator=(const RegistryTree&) = delete;
 
+  // Per-worker calls name the worker by Origin. One whose registration id is set but is not
+  // the worker's current registration is answered kNotFound like an unknown worker (its
+  // sender must register again); batches of it are dropped and counted.
+
   // ---- Registration and liveness.
 
-  // Registers a worker (creating its instance). Registering an (instance, worker) again
-  // replaces it: the new address applies, and the old registration's keys, sequence trackers
-  // and sync state are dropped (the worker is expected to full-sync).
+  // Registers a worker (creating its instance) and returns its new registration id.
+  // Registering (instance, worker) again replaces the registration: the new address and
+  // locations apply, and the old registration's keys, sequence numbers, syncs and requests
+  // are dropped (the worker full-syncs every location next). kResourceExhausted (retryable)
+  // when max_workers are registered.
   Result<RegisterResult> RegisterWorker(const WorkerRegistration& registration);
-  // kNotFound for an unknown worker or instance. An instance leaves with its last worker.
-  Result<RemovedWorkers> DeregisterWorker(std::string_view instance_id, WorkerId worker_id);
+  // kNotFound for an unknown worker or registration. An instance leaves with its last worker.
+  Result<RemovedWorkers> DeregisterWorker(const Origin& origin);
   Result<RemovedWorkers> DeregisterInstance(std::string_view instance_id);
-  // Refreshes the worker's last-seen time. kNotFound for an unknown worker: the caller should
-  // register it (and ask for a full sync).
-  Status Heartbeat(std::string_view instance_id, WorkerId worker_id);
+  // Refreshes the worker's last-seen time, checks its per-location reports (a last_seq still
+  // not applied since the previous heartbeat: "lost_events"; in step but a different key
+  // count: "key_count_mismatch"), and returns the full syncs to ask it for: each location at
+  // most once until its next sync start, never while it syncs. kNotFound for an unknown
+  // worker or registration: the caller tells it to register again.
+  Result<std::vector<FullSyncRequest>> Heartbeat(const Origin& origin,
+                                                 std::span<const LocationReport> reports = {});
   // Deregisters every worker that expects heartbeats and has not sent one for longer than
-  // `timeout`, and returns them: the caller must log them.
+  // `timeout`, and returns them: the caller must log them. A worker whose lock is not obtained
+  // in time is skipped this round (counted in lock_timeouts).
   Result<std::vector<ReapedWorker>> ReapDead(Duration timeout);
 
-  // ---- Incremental updates from a worker, one batch per call.
+  // ---- Events of a worker's location, one batch per call.
   //
-  // `seq` numbers the batches of one (instance, worker, location) stream: 0, 1, 2, ...
-  // (docs/cluster_registry.md has the rules). kNotFound when the worker is not registered
-  // (the batch is dropped and counted); kInvalidArgument / kResourceExhausted for a bad or
-  // excess location name.
+  // `seq` numbers the events of one (registration, location): the previous one's + 1. The
+  // first one sets the baseline; a gap is applied, counted and earns a full-sync request; a
+  // number already seen is ignored and counted (docs/cluster_registry.md). kInvalidArgument /
+  // kResourceExhausted for a bad or excess location name.
 
-  Result<BatchResult> Admit(std::string_view instance_id, WorkerId worker_id,
-                            std::string_view location, uint64_t seq,
+  Result<BatchResult> Admit(const Origin& origin, std::string_view location, uint64_t seq,
                             std::span<const ObjectKey> keys);
-  Result<BatchResult> Evict(std::string_view instance_id, WorkerId worker_id,
-                            std::string_view location, uint64_t seq,
+  Result<BatchResult> Evict(const Origin& origin, std::string_view location, uint64_t seq,
                             std::span<const ObjectKey> keys);
   // Admits and evicts mixed, applied in order.
-  Result<BatchResult> ApplyOps(std::string_view instance_id, WorkerId worker_id,
-                               std::string_view location, uint64_t seq, std::span<const KvOp> ops);
+  Result<BatchResult> ApplyOps(const Origin& origin, std::string_view location, uint64_t seq,
+                               std::span<const KvOp> ops);
 
-  // ---- Full sync of one worker's location (state machine in docs/cluster_registry.md).
+  // ---- Full sync of one location (state machine in docs/cluster_registry.md).
 
-  // Starts (or, with the same sync id, restarts) a sync: the location's keys are dropped at
-  // once and rebuilt from the sync batches; incremental batches for the location are discarded
-  // until the sync completes. kFailedPrecondition while another sync id is in progress and not
-  // past its deadline.
-  Status StartFullSync(std::string_view instance_id, WorkerId worker_id, std::string_view location,
-                       std::string_view sync_id, uint64_t expected_total_keys,
+  // Starts a sync: abandons any earlier sync of the location (the same sync id included),
+  // drops the location's keys at once, and sets its last seq to `base_seq` (absent: the next
+  // event sets a new baseline). Events of the location keep applying during the sync; the
+  // sync's batches skip keys those events evicted.
+  Status StartFullSync(const Origin& origin, std::string_view location, uint64_t sync_id,
+                       std::optional<uint64_t> base_seq, uint64_t expected_total_keys,
                        uint32_t expected_batch_count);
-  // Adds batch `batch_index` (0-based) of the sync. A batch index seen before is ignored
-  // (result.duplicate). kFailedPrecondition when no such sync is in progress.
-  Result<SyncBatchResult> AddFullSyncBatch(std::string_view instance_id, WorkerId worker_id,
-                                           std::string_view location, std::string_view sync_id,
-                                           uint32_t batch_index, std::span<const ObjectKey> keys);
-  // Completes the sync when every batch arrived; otherwise it stays SYNCING and the result
-  // lists the missing batches to resend before ending again.
-  Result<SyncEndResult> EndFullSync(std::string_view instance_id, WorkerId worker_id,
-                                    std::string_view location, std::string_view sync_id,
-                                    uint64_t actual_total_keys);
-  // The worker's latest sync (state kIdle and empty fields when it never synced).
-  Result<WorkerSyncInfo> GetSyncInfo(std::string_view instance_id, WorkerId worker_id) const;
-  // Turns every SYNCING session past its deadline into FAILED and returns them, so the caller
-  // can log and ask those workers to sync again. Call it periodically (e.g. from the health
-  // loop).
+  // Adds batch `batch_index` (0-based) of the running sync `sync_id`. A batch index seen before
+  // is ignored (result.duplicate). kFailedPrecondition when that sync is not running.
+  Result<SyncBatchResult> AddFullSyncBatch(const Origin& origin, std::string_view location,
+                                           uint64_t sync_id, uint32_t batch_index,
+                                           std::span<const ObjectKey> keys);
+  // Completes the sync when every batch arrived and their keys add up to `total_keys` (which
+  // must equal the start's); with batches missing it stays SYNCING and lists them (resend,
+  // then end again); a key count that does not add up fails it. Repeating the end of a
+  // finished sync gets the same answer. kFailedPrecondition when `sync_id` is not the
+  // location's latest sync.
+  Result<SyncEndResult> EndFullSync(const Origin& origin, std::string_view location,
+                                    uint64_t sync_id, uint64_t total_keys);
+  // The state of sync `sync_id` (kIdle: not the location's latest sync: start a new one). A
+  // poll of a running sync counts as activity for its deadline.
+  Result<WorkerSyncInfo> FullSyncStatus(const Origin& origin, std::string_view location,
+                                        uint64_t sync_id);
+  // Fails every running sync with no activity for full_sync_timeout (reason "timeout") and
+  // returns them: the caller logs them; their locations get full-sync requests. Call it
+  // periodically (e.g. from the health loop), not only when messages arrive.
   Result<std::vector<ExpiredSync>> ExpireSyncs();
 
-  // ---- Lookups. They take only reverse-index shard locks and never wait on a worker.
+  // ---- Lookups. They take no lock in the common case (see reverse_index.h).
 
   // The first holder of `key` in (instance id, worker id, location) order, skipping the
   // instance `exclude_instance` (none when empty).
@@ -154,28 +167,33 @@ class RegistryTree {
   // lock. std::nullopt when nobody else holds keys[0] (or `keys` is empty).
   Result<std::optional<PeerMatch>> FindKvWithWorkerInfo(
       std::span<const ObjectKey> keys, std::string_view exclude_instance = {}) const;
-  // For each instance that holds keys[0]: how many contiguous leading keys it holds (any of
-  // its workers, any location). Longest first, then by instance id. Empty when nobody holds
-  // keys[0]. A lookup concurrent with updates sees each key at some point during the call.
-  std::vector<PrefixMatch> PrefixLookup(std::span<const ObjectKey> keys) const;
+  // `keys` are chunks in order, `keys_per_chunk` keys each (chunk-major: e.g. every rank of
+  // a chunk). For each instance other than `exclude_instance` that holds every key of chunk 0:
+  // the number of contiguous leading chunks it holds entirely (any of its workers, any
+  // location). Longest first, then by instance id; empty when nobody holds chunk 0. Each key
+  // is read at some instant during the call.
+  std::vector<PrefixMatch> PrefixLookup(std::span<const ObjectKey> keys,
+                                        uint32_t keys_per_chunk = 1,
+                                        std::string_view exclude_instance = {}) const;
   // Distinct keys in the index. O(1).
   uint64_t TotalKeyCount() const { return index_.size(); }
 
   // ---- Per-worker views and clearing.
 
   // A copy of the worker's keys at `location` (empty for a location it never reported).
-  Result<std::vector<ObjectKey>> ListWorkerKeys(std::string_view instance_id, WorkerId worker_id,
+  Result<std::vector<ObjectKey>> ListWorkerKeys(const Origin& origin,
                                                 std::string_view location) const;
-  // Drops the worker's keys at `location` (all locations when absent) and resets the sequence
-  // tracker(s). Returns the holders removed.
-  Result<uint64_t> ClearWorker(std::string_view instance_id, WorkerId worker_id,
+  // Forgets the worker's keys at `location` (all its locations when absent), resets their
+  // sequence numbers and asks for their full sync (reason "cleared"). Returns the holders
+  // removed.
+  Result<uint64_t> ClearWorker(const Origin& origin,
                                std::optional<std::string_view> location = std::nullopt);
-  // Drops every key of every worker (registrations stay). Returns the holders removed.
+  // The same for every worker (registrations stay). Returns the holders removed.
   Result<uint64_t> Clear();
 
   // ---- Admin.
 
-  Result<WorkerInfo> GetWorkerInfo(std::string_view instance_id, WorkerId worker_id) const;
+  Result<WorkerInfo> GetWorkerInfo(const Origin& origin) const;
   // Every worker, by (instance id, worker id). Served from a snapshot at most `max_age` old;
   // any registration or deregistration since invalidates it (so the worker list itself is
   // never stale, only counters and times up to max_age). Duration::zero() always rebuilds.
@@ -201,21 +219,23 @@ class RegistryTree {
   ::kvtier::internal::ReturnedError LockTimeoutError(std::string_view what) const;
   InstanceNode* FindInstance(std::string_view instance_id) const KVT_REQUIRES_SHARED(tree_lock_);
   // The live node of a worker (pinned). kNotFound or kLockTimeout.
-  Result<std::shared_ptr<WorkerNode>> FindWorker(std::string_view instance_id,
-                                                 WorkerId worker_id) const;
+  Result<std::shared_ptr<WorkerNode>> FindWorker(const Origin& origin) const;
   // Every worker node, pinned, sorted by (instance id, worker id).
   Result<std::vector<std::shared_ptr<WorkerNode>>> SnapshotNodes() const;
-  // Makes the node of `r` (slot `slot`) and puts it into `instance`; returns the node it
-  // replaced (null when new) or kLockTimeout.
+  // Makes the node of `r` and puts it into `instance`; returns the node it replaced (null
+  // when new) or kLockTimeout.
   Result<std::shared_ptr<WorkerNode>> PutNode(InstanceNode* instance, const WorkerRegistration& r,
-                                              uint32_t slot, TimePoint now)
-      KVT_REQUIRES_SHARED(tree_lock_);
+                                              const std::vector<LocationId>& locations,
+                                              uint64_t registration_id, uint32_t slot,
+                                              TimePoint now) KVT_REQUIRES_SHARED(tree_lock_);
+  uint64_t NewRegistrationId();
+  // Adds a node's event counts to the stats.
+  void Count(const NodeEvents& events) const;
   // Removes `instance_id` from the tree when it has no workers left.
   void RemoveInstanceIfEmpty(std::string_view instance_id);
   // Drops a node that has left the tree: marks it removed, drops its holders, frees its slot.
   uint64_t RetireNode(const std::shared_ptr<WorkerNode>& node);
-  Result<BatchResult> ApplyBatch(std::string_view instance_id, WorkerId worker_id,
-                                 std::string_view location, uint64_t seq,
+  Result<BatchResult> ApplyBatch(const Origin& origin, std::string_view location, uint64_t seq,
                                  std::span<const IndexOp> ops);
 
   // The node of a slot that a holder read under its shard lock names. The node stays alive at
@@ -235,6 +255,10 @@ class RegistryTree {
   SlotTable slots_;
   ReverseIndex index_;
   LocationTable locations_;
+
+  // Registration ids: a bijective mix of base + counter (unique; random across processes).
+  const uint64_t registration_id_base_;
+  std::atomic<uint64_t> registration_counter_{0};
 
   // Bumped by every registration and deregistration (invalidates the worker-info snapshot).
   std::atomic<uint64_t> generation_{0};

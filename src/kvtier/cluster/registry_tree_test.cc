@@ -45,11 +45,12 @@ TEST_F(RegistryTreeTest, RegisterCreatesInstancesAndWorkers) {
   RegistryStats s = tree_->Stats();
   EXPECT_EQ(s.instances, 2u);
   EXPECT_EQ(s.workers, 3u);
-  WorkerInfo info = tree_->GetWorkerInfo("b", 2).value();
+  WorkerInfo info = tree_->GetWorkerInfo({"b", 2}).value();
   EXPECT_EQ(info.address, "tcp://b:5602");
   EXPECT_EQ(info.registration_time, clock_.Now());
   EXPECT_EQ(info.last_heartbeat, clock_.Now());
-  EXPECT_FALSE(info.sync.has_value());
+  EXPECT_TRUE(info.locations.empty());
+  EXPECT_NE(info.registration_id, 0u);
 }
 
 TEST_F(RegistryTreeTest, RegisterValidatesIds) {
@@ -71,19 +72,19 @@ TEST_F(RegistryTreeTest, ReRegistrationRefreshesAddressAndDropsStaleKeys) {
   Admit("a", 0, "L1", 0, keys);
   Admit("a", 1, "L1", 0, Pick(keys, {0}));
   clock_.Advance(5s);
-  WorkerRegistration r{"a", 0, "tcp://new:2", true};
+  WorkerRegistration r = Registration("a", 0, "tcp://new:2", true);
   auto result = tree_->RegisterWorker(r);
   ASSERT_TRUE(result.has_value());
   EXPECT_TRUE(result->re_registered);
   EXPECT_EQ(result->stale_keys_removed, 10u);
   EXPECT_EQ(tree_->Stats().workers, 2u);  // a single entry for (a, 0)
-  WorkerInfo info = tree_->GetWorkerInfo("a", 0).value();
+  WorkerInfo info = tree_->GetWorkerInfo({"a", 0}).value();
   EXPECT_EQ(info.address, "tcp://new:2");
   EXPECT_EQ(info.registration_time, clock_.Now());
   EXPECT_EQ(info.total_keys, 0u);
   EXPECT_TRUE(info.locations.empty());  // sequence trackers gone too
   // The other worker's holder of key 0 survives.
-  EXPECT_EQ(tree_->FindKv(keys[0]), (KvHolder{"a", 1, "L1"}));
+  EXPECT_EQ(tree_->FindKv(keys[0]), H("a", 1, "L1"));
   EXPECT_FALSE(tree_->FindKv(keys[1]).has_value());
   EXPECT_EQ(tree_->TotalKeyCount(), 1u);
   // A new sequence baseline: any first number is accepted.
@@ -98,17 +99,17 @@ TEST_F(RegistryTreeTest, DeregisterWorkerRemovesOnlyItsKeys) {
   Admit("a", 0, "L1", 0, keys);
   Admit("a", 0, "fs", 0, keys);
   Admit("a", 1, "L1", 0, Pick(keys, {0, 1}));
-  auto removed = tree_->DeregisterWorker("a", 0);
+  auto removed = tree_->DeregisterWorker({"a", 0});
   ASSERT_TRUE(removed.has_value());
   EXPECT_EQ(removed->workers, 1u);
   EXPECT_EQ(removed->keys_removed, 8u);
   EXPECT_EQ(tree_->TotalKeyCount(), 2u);
   EXPECT_EQ(KeyCount("a", 1, "L1"), 2u);
-  EXPECT_EQ(tree_->GetWorkerInfo("a", 0).error().code(), StatusCode::kNotFound);
-  EXPECT_EQ(tree_->DeregisterWorker("a", 0).error().code(), StatusCode::kNotFound);
-  EXPECT_EQ(tree_->DeregisterWorker("nope", 0).error().code(), StatusCode::kNotFound);
+  EXPECT_EQ(tree_->GetWorkerInfo({"a", 0}).error().code(), StatusCode::kNotFound);
+  EXPECT_EQ(tree_->DeregisterWorker({"a", 0}).error().code(), StatusCode::kNotFound);
+  EXPECT_EQ(tree_->DeregisterWorker({"nope", 0}).error().code(), StatusCode::kNotFound);
   // The instance leaves with its last worker.
-  ASSERT_TRUE(tree_->DeregisterWorker("a", 1).has_value());
+  ASSERT_TRUE(tree_->DeregisterWorker({"a", 1}).has_value());
   EXPECT_TRUE(tree_->InstanceIds().empty());
   EXPECT_EQ(tree_->Stats().instances, 0u);
   EXPECT_EQ(tree_->TotalKeyCount(), 0u);
@@ -136,11 +137,11 @@ TEST_F(RegistryTreeTest, DeregisterInstanceRemovesEveryWorker) {
 TEST_F(RegistryTreeTest, HeartbeatRefreshesLastSeen) {
   Register("a", 0);
   clock_.Advance(7s);
-  ASSERT_TRUE(tree_->Heartbeat("a", 0).ok());
-  EXPECT_EQ(tree_->GetWorkerInfo("a", 0)->last_heartbeat, clock_.Now());
+  ASSERT_TRUE(tree_->Heartbeat({"a", 0}).has_value());
+  EXPECT_EQ(tree_->GetWorkerInfo({"a", 0})->last_heartbeat, clock_.Now());
   // An unknown worker: the caller registers it again.
-  EXPECT_EQ(tree_->Heartbeat("a", 9).code(), StatusCode::kNotFound);
-  EXPECT_EQ(tree_->Heartbeat("x", 0).code(), StatusCode::kNotFound);
+  EXPECT_EQ(tree_->Heartbeat({"a", 9}).error().code(), StatusCode::kNotFound);
+  EXPECT_EQ(tree_->Heartbeat({"x", 0}).error().code(), StatusCode::kNotFound);
 }
 
 TEST_F(RegistryTreeTest, ReapDeadRemovesSilentWorkersAndReportsThem) {
@@ -151,7 +152,7 @@ TEST_F(RegistryTreeTest, ReapDeadRemovesSilentWorkersAndReportsThem) {
   Admit("b", 0, "L1", 0, Keys(0, 5));
   const TimePoint registered = clock_.Now();
   clock_.Advance(20s);
-  ASSERT_TRUE(tree_->Heartbeat("a", 1).ok());
+  ASSERT_TRUE(tree_->Heartbeat({"a", 1}).has_value());
   clock_.Advance(20s);  // a/0: silent for 40 s; a/1 for 20 s; b/0 never heartbeats
   auto reaped = tree_->ReapDead(30s);
   ASSERT_TRUE(reaped.has_value());
@@ -163,8 +164,8 @@ TEST_F(RegistryTreeTest, ReapDeadRemovesSilentWorkersAndReportsThem) {
   EXPECT_EQ(dead.last_heartbeat, registered);
   EXPECT_EQ(dead.keys_removed, 5u);
   EXPECT_EQ(tree_->Stats().workers_reaped, 1u);
-  EXPECT_EQ(tree_->Heartbeat("a", 0).code(), StatusCode::kNotFound);
-  EXPECT_EQ(tree_->FindKv(Keys(0, 1)[0]), (KvHolder{"b", 0, "L1"}));
+  EXPECT_EQ(tree_->Heartbeat({"a", 0}).error().code(), StatusCode::kNotFound);
+  EXPECT_EQ(tree_->FindKv(Keys(0, 1)[0]), H("b", 0, "L1"));
   // Nothing else is silent for longer than 30 s: a second reap finds nobody.
   EXPECT_TRUE(tree_->ReapDead(30s)->empty());
   clock_.Advance(11s);
@@ -211,20 +212,20 @@ TEST_F(RegistryTreeTest, MixedOpsApplyInOrder) {
   std::vector<KvOp> ops = {{KvOpType::kAdmit, keys[0]}, {KvOpType::kEvict, keys[0]},
                            {KvOpType::kAdmit, keys[1]}, {KvOpType::kAdmit, keys[0]},
                            {KvOpType::kAdmit, keys[2]}, {KvOpType::kEvict, keys[2]}};
-  auto r = tree_->ApplyOps("a", 0, "L1", 0, ops);
+  auto r = tree_->ApplyOps({"a", 0}, "L1", 0, ops);
   ASSERT_TRUE(r.has_value());
   EXPECT_EQ(r->keys_added, 4u);
   EXPECT_EQ(r->keys_removed, 2u);
-  EXPECT_THAT(tree_->ListWorkerKeys("a", 0, "L1").value(),
+  EXPECT_THAT(tree_->ListWorkerKeys({"a", 0}, "L1").value(),
               UnorderedElementsAreArray(Pick(keys, {0, 1})));
   EXPECT_TRUE(tree_->CheckConsistency().ok());
 }
 
 TEST_F(RegistryTreeTest, BatchForUnknownWorkerIsDroppedAndCounted) {
   const auto keys = Keys(0, 3);
-  EXPECT_EQ(tree_->Admit("a", 0, "L1", 0, keys).error().code(), StatusCode::kNotFound);
+  EXPECT_EQ(tree_->Admit({"a", 0}, "L1", 0, keys).error().code(), StatusCode::kNotFound);
   Register("a", 0);
-  EXPECT_EQ(tree_->Admit("a", 1, "L1", 0, keys).error().code(), StatusCode::kNotFound);
+  EXPECT_EQ(tree_->Admit({"a", 1}, "L1", 0, keys).error().code(), StatusCode::kNotFound);
   EXPECT_EQ(tree_->Stats().unknown_worker_batches, 2u);
   EXPECT_EQ(tree_->TotalKeyCount(), 0u);
 }
@@ -235,17 +236,18 @@ TEST_F(RegistryTreeTest, ContinuousSequencesHaveNoGapsAndAGapIsCountedButApplied
   Admit("a", 0, "L1", 0, Pick(keys, {0, 1, 2}));
   Admit("a", 0, "L1", 1, Pick(keys, {3, 4, 5}));
   EXPECT_EQ(tree_->Stats().seq_gaps, 0u);
-  EXPECT_FALSE(tree_->GetWorkerInfo("a", 0)->needs_full_sync);
+  EXPECT_FALSE(tree_->GetWorkerInfo({"a", 0})->needs_full_sync);
   BatchResult r = Admit("a", 0, "L1", 5, Pick(keys, {6, 7}));  // 2, 3 and 4 never came
   EXPECT_EQ(r.outcome, BatchOutcome::kAppliedAfterGap);
   EXPECT_EQ(r.expected_seq, 2u);
   EXPECT_EQ(KeyCount("a", 0, "L1"), 8u);
   EXPECT_EQ(tree_->Stats().seq_gaps, 1u);
-  WorkerInfo info = tree_->GetWorkerInfo("a", 0).value();
+  WorkerInfo info = tree_->GetWorkerInfo({"a", 0}).value();
   EXPECT_TRUE(info.needs_full_sync);
   EXPECT_EQ(info.seq_gaps, 1u);
   ASSERT_EQ(info.locations.size(), 1u);
-  EXPECT_EQ(info.locations[0].next_seq, 6u);
+  EXPECT_EQ(info.locations[0].last_seq, 5u);
+  EXPECT_EQ(info.locations[0].full_sync_reason, "seq_gap");
   // Evict batches in sequence: no further gaps.
   Evict("a", 0, "L1", 6, Pick(keys, {0}));
   Evict("a", 0, "L1", 7, Pick(keys, {1}));
@@ -271,10 +273,10 @@ TEST_F(RegistryTreeTest, StaleBatchIsIgnoredAndCannotUndoNewerState) {
   EXPECT_EQ(r.keys_added, 0u);
   EXPECT_FALSE(tree_->FindKv(keys[0]).has_value());
   EXPECT_EQ(tree_->Stats().stale_batches, 1u);
-  WorkerInfo info = tree_->GetWorkerInfo("a", 0).value();
+  WorkerInfo info = tree_->GetWorkerInfo({"a", 0}).value();
   EXPECT_EQ(info.locations[0].stale_batches, 1u);
-  EXPECT_TRUE(info.needs_full_sync);  // a restarted reporter looks the same: resync
-  EXPECT_EQ(info.locations[0].next_seq, 2u);
+  EXPECT_FALSE(info.needs_full_sync);  // a resend: counted only (registration ids catch restarts)
+  EXPECT_EQ(info.locations[0].last_seq, 1u);
 }
 
 TEST_F(RegistryTreeTest, SequencesAreTrackedPerWorkerAndLocation) {
@@ -296,26 +298,30 @@ TEST_F(RegistryTreeTest, FindKvExcludesAnInstanceAndFollowsADefinedOrder) {
   Register("a", 0);
   const auto key = Keys(0, 1);
   Admit("b", 0, "L1", 0, key);  // first admitted, but not first in order
+  Admit("b", 0, "fs", 0, key);
   Admit("a", 1, "fs", 0, key);
   Admit("a", 1, "L1", 0, key);
   Admit("a", 0, "fs", 0, key);
-  EXPECT_EQ(tree_->FindKv(key[0]), (KvHolder{"a", 0, "fs"}));
-  EXPECT_EQ(tree_->FindKv(key[0], "a"), (KvHolder{"b", 0, "L1"}));
-  EXPECT_EQ(tree_->FindKv(key[0], "b"), (KvHolder{"a", 0, "fs"}));
+  EXPECT_EQ(tree_->FindKv(key[0]), H("a", 0, "fs"));
+  EXPECT_EQ(tree_->FindKv(key[0], "a"), H("b", 0, "L1"));
+  EXPECT_EQ(tree_->FindKv(key[0], "b"), H("a", 0, "fs"));
   EXPECT_FALSE(tree_->FindKv(Keys(1, 1)[0]).has_value());
-  // Every holder (four of them: two inline, two in the overflow), sorted.
+  // Every holder (five: four inline, one in the overflow), sorted.
   EXPECT_THAT(tree_->FindKvAll(key[0]),
-              ElementsAre(KvHolder{"a", 0, "fs"}, KvHolder{"a", 1, "L1"}, KvHolder{"a", 1, "fs"},
-                          KvHolder{"b", 0, "L1"}));
-  EXPECT_THAT(tree_->FindKvAll(key[0], "a"), ElementsAre(KvHolder{"b", 0, "L1"}));
+              ElementsAre(H("a", 0, "fs"), H("a", 1, "L1"), H("a", 1, "fs"), H("b", 0, "L1"),
+                          H("b", 0, "fs")));
+  EXPECT_THAT(tree_->FindKvAll(key[0], "a"), ElementsAre(H("b", 0, "L1"), H("b", 0, "fs")));
   EXPECT_TRUE(tree_->FindKvAll(Keys(1, 1)[0]).empty());
   EXPECT_EQ(tree_->FindKvAll(key[0]).front(), *tree_->FindKv(key[0]));
   EXPECT_EQ(tree_->TotalKeyCount(), 1u);
-  EXPECT_EQ(tree_->Stats().holders, 4u);
-  // Removing holders from the middle keeps the rest.
+  EXPECT_EQ(tree_->Stats().holders, 5u);
+  // Removing holders from the middle keeps the rest (the overflowed one moves inline).
   Evict("a", 1, "L1", 1, key);
   EXPECT_THAT(tree_->FindKvAll(key[0]),
-              ElementsAre(KvHolder{"a", 0, "fs"}, KvHolder{"a", 1, "fs"}, KvHolder{"b", 0, "L1"}));
+              ElementsAre(H("a", 0, "fs"), H("a", 1, "fs"), H("b", 0, "L1"), H("b", 0, "fs")));
+  Evict("b", 0, "L1", 1, key);
+  Evict("a", 0, "fs", 1, key);
+  EXPECT_THAT(tree_->FindKvAll(key[0]), ElementsAre(H("a", 1, "fs"), H("b", 0, "fs")));
   EXPECT_TRUE(tree_->CheckConsistency().ok());
 }
 
@@ -330,8 +336,9 @@ TEST_F(RegistryTreeTest, FindKvWithWorkerInfoCountsTheLeadingRunOfOneWorker) {
   auto match = tree_->FindKvWithWorkerInfo(keys, "req");
   ASSERT_TRUE(match.has_value());
   ASSERT_TRUE(match->has_value());
-  EXPECT_EQ((*match)->holder, (KvHolder{"b", 0, "L1"}));
-  EXPECT_EQ((*match)->address, "tcp://b0:9");
+  EXPECT_EQ((*match)->holder.instance_id, "b");
+  EXPECT_EQ((*match)->holder.location, "L1");
+  EXPECT_EQ((*match)->holder.address, "tcp://b0:9");
   EXPECT_EQ((*match)->num_hit_chunks, 3u);
   auto only_a = tree_->FindKvWithWorkerInfo(Pick(keys, {3}), "req");
   ASSERT_TRUE(only_a->has_value());
@@ -343,7 +350,7 @@ TEST_F(RegistryTreeTest, FindKvWithWorkerInfoCountsTheLeadingRunOfOneWorker) {
   EXPECT_EQ((*not_b)->holder.instance_id, "req");
   EXPECT_FALSE(tree_->FindKvWithWorkerInfo(Keys(10, 2), "req")->has_value());
   EXPECT_FALSE(tree_->FindKvWithWorkerInfo({}, "req")->has_value());
-  // Ties go to the defined order.
+  // a now holds all four.
   Admit("a", 0, "L1", 1, Pick(keys, {2}));
   match = tree_->FindKvWithWorkerInfo(keys, "req");
   EXPECT_EQ((*match)->holder.instance_id, "a");
@@ -399,13 +406,13 @@ TEST_F(RegistryTreeTest, ListWorkerKeysReturnsACopy) {
   Register("a", 0);
   const auto keys = Keys(0, 20);
   Admit("a", 0, "L1", 0, keys);
-  auto listed = tree_->ListWorkerKeys("a", 0, "L1");
+  auto listed = tree_->ListWorkerKeys({"a", 0}, "L1");
   ASSERT_TRUE(listed.has_value());
   EXPECT_THAT(*listed, UnorderedElementsAreArray(keys));
   Evict("a", 0, "L1", 1, keys);
   EXPECT_EQ(listed->size(), 20u);  // unaffected
-  EXPECT_TRUE(tree_->ListWorkerKeys("a", 0, "never")->empty());
-  EXPECT_EQ(tree_->ListWorkerKeys("a", 7, "L1").error().code(), StatusCode::kNotFound);
+  EXPECT_TRUE(tree_->ListWorkerKeys({"a", 0}, "never")->empty());
+  EXPECT_EQ(tree_->ListWorkerKeys({"a", 7}, "L1").error().code(), StatusCode::kNotFound);
 }
 
 TEST_F(RegistryTreeTest, ClearWorkerAndClear) {
@@ -415,13 +422,13 @@ TEST_F(RegistryTreeTest, ClearWorkerAndClear) {
   Admit("a", 0, "L1", 0, keys);
   Admit("a", 0, "fs", 0, keys);
   Admit("b", 0, "L1", 0, keys);
-  EXPECT_EQ(tree_->ClearWorker("a", 0, "fs").value(), 10u);
+  EXPECT_EQ(tree_->ClearWorker({"a", 0}, "fs").value(), 10u);
   EXPECT_EQ(KeyCount("a", 0, "fs"), 0u);
   EXPECT_EQ(KeyCount("a", 0, "L1"), 10u);
-  EXPECT_EQ(tree_->ClearWorker("a", 0, "unknown-location").value(), 0u);
+  EXPECT_EQ(tree_->ClearWorker({"a", 0}, "unknown-location").value(), 0u);
   // A cleared location starts a new sequence baseline.
   EXPECT_EQ(Admit("a", 0, "fs", 0, keys).outcome, BatchOutcome::kApplied);
-  EXPECT_EQ(tree_->ClearWorker("a", 0).value(), 20u);
+  EXPECT_EQ(tree_->ClearWorker({"a", 0}).value(), 20u);
   EXPECT_EQ(tree_->Clear().value(), 10u);
   EXPECT_EQ(tree_->TotalKeyCount(), 0u);
   EXPECT_EQ(tree_->Stats().holders, 0u);
@@ -442,7 +449,7 @@ TEST_F(RegistryTreeTest, WorkerInfosSnapshotIsCachedUntilTheWorkerSetChanges) {
   EXPECT_EQ((*infos)[0].locations[0].location, "L1");
   EXPECT_EQ((*infos)[0].locations[0].keys, 4u);
   EXPECT_EQ((*infos)[0].locations[1].location, "fs");
-  EXPECT_EQ((*infos)[0].locations[1].next_seq, 1u);
+  EXPECT_EQ((*infos)[0].locations[1].last_seq, 0u);
   Admit("a", 1, "L1", 1, Keys(4, 1));
   EXPECT_EQ(tree_->WorkerInfos(10s).value(), infos);  // served from the snapshot
   EXPECT_NE(tree_->WorkerInfos(Duration::zero()).value(), infos);
@@ -453,20 +460,20 @@ TEST_F(RegistryTreeTest, WorkerInfosSnapshotIsCachedUntilTheWorkerSetChanges) {
   Register("c", 0);
   auto fresh = tree_->WorkerInfos(10s).value();  // a registration invalidates it at once
   EXPECT_EQ(fresh->size(), 3u);
-  ASSERT_TRUE(tree_->DeregisterWorker("c", 0).has_value());
+  ASSERT_TRUE(tree_->DeregisterWorker({"c", 0}).has_value());
   EXPECT_EQ(tree_->WorkerInfos(10s).value()->size(), 2u);
 }
 
 TEST_F(RegistryTreeTest, LocationNamesAreValidatedAndBounded) {
   Register("a", 0);
   const auto key = Keys(0, 1);
-  EXPECT_EQ(tree_->Admit("a", 0, "", 0, key).error().code(), StatusCode::kInvalidArgument);
-  EXPECT_EQ(tree_->Admit("a", 0, std::string(kMaxLocationLength + 1, 'x'), 0, key).error().code(),
+  EXPECT_EQ(tree_->Admit({"a", 0}, "", 0, key).error().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(tree_->Admit({"a", 0}, std::string(kMaxLocationLength + 1, 'x'), 0, key).error().code(),
             StatusCode::kInvalidArgument);
   for (uint32_t i = 0; i < kMaxLocations; ++i) {
-    ASSERT_TRUE(tree_->Admit("a", 0, "loc" + std::to_string(i), 0, key).has_value()) << i;
+    ASSERT_TRUE(tree_->Admit({"a", 0}, "loc" + std::to_string(i), 0, key).has_value()) << i;
   }
-  EXPECT_EQ(tree_->Admit("a", 0, "one-too-many", 0, key).error().code(),
+  EXPECT_EQ(tree_->Admit({"a", 0}, "one-too-many", 0, key).error().code(),
             StatusCode::kResourceExhausted);
   EXPECT_EQ(tree_->FindKvAll(key[0]).size(), kMaxLocations);
   EXPECT_TRUE(tree_->CheckConsistency().ok());
@@ -478,15 +485,15 @@ TEST_F(RegistryTreeTest, MaxWorkersBoundsRegistrationsAndSlotsAreReused) {
   Make(o);
   Register("a", 0);
   Register("a", 1);
-  WorkerRegistration r{"a", 2, "", true};
+  WorkerRegistration r = Registration("a", 2, DefaultAddress("a", 2));
   EXPECT_EQ(tree_->RegisterWorker(r).error().code(), StatusCode::kResourceExhausted);
   Admit("a", 0, "L1", 0, Keys(0, 3));
-  ASSERT_TRUE(tree_->DeregisterWorker("a", 0).has_value());
+  ASSERT_TRUE(tree_->DeregisterWorker({"a", 0}).has_value());
   ASSERT_TRUE(tree_->RegisterWorker(r).has_value());  // reuses the freed slot
   Admit("a", 2, "L1", 0, Keys(0, 1));
-  EXPECT_EQ(tree_->FindKvAll(Keys(0, 1)[0]), (std::vector<KvHolder>{{"a", 2, "L1"}}));
+  EXPECT_EQ(tree_->FindKvAll(Keys(0, 1)[0]), (std::vector<KvHolder>{H("a", 2, "L1")}));
   // Re-registration needs a spare slot while the old node is retired.
-  WorkerRegistration again{"a", 1, "", true};
+  WorkerRegistration again = Registration("a", 1, "", true);
   EXPECT_EQ(tree_->RegisterWorker(again).error().code(), StatusCode::kResourceExhausted);
   EXPECT_TRUE(tree_->CheckConsistency().ok());
 }

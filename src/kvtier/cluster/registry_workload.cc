@@ -94,9 +94,9 @@ Result<RunReport> RunIngest(RegistryTree& tree, std::span<const ObjectKey> keys,
         if (w % threads != t) continue;
         const size_t begin = b * options.batch_size;
         const size_t n = std::min<size_t>(options.batch_size, keys.size() - begin);
-        auto r = tree.Admit(instance_ids[w / options.workers_per_instance],
-                            w % options.workers_per_instance, options.location, seq[w]++,
-                            keys.subspan(begin, n));
+        const Origin origin{instance_ids[w / options.workers_per_instance],
+                            w % options.workers_per_instance};
+        auto r = tree.Admit(origin, options.location, seq[w]++, keys.subspan(begin, n));
         if (!r.has_value() && !error_taken.test_and_set()) {
           first_error = r.error();
           failed.store(true);

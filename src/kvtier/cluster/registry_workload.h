@@ -43,7 +43,7 @@ struct RunReport {
 // workers must be registered (RegisterWorkloadWorkers).
 Result<RunReport> RunIngest(RegistryTree& tree, std::span<const ObjectKey> keys,
                             const WorkloadOptions& options, uint32_t threads,
-                            uint64_t first_seq = 0);
+                            uint64_t first_seq = 1);
 
 // `lookups` FindKv calls per thread over `probes` (thread t starts at a different offset).
 RunReport RunFindKv(const RegistryTree& tree, std::span<const ObjectKey> probes, uint64_t lookups,

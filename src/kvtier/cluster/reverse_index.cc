@@ -2,9 +2,12 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 
 #include <absl/container/flat_hash_map.h>
+#include <sys/mman.h>
 
 #include "kvtier/common/check.h"
 #include "kvtier/sync/fast_lock.h"
@@ -15,24 +18,67 @@ namespace {
 using Word = std::atomic<uint64_t>;
 constexpr auto kRelaxed = std::memory_order_relaxed;
 
-constexpr uint32_t kBlockShift = 10;
-constexpr uint32_t kBlockEntries = 1u << kBlockShift;  // 56 KiB a block
-constexpr uint32_t kMaxBlocks = kMaxEntriesPerShard / kBlockEntries;
 constexpr uint32_t kIndexBits = 22;
 static_assert(kMaxEntriesPerShard == 1u << kIndexBits);
 static_assert(kMaxIndexShards == 1u << (32 - kIndexBits));
-constexpr uint32_t kInlineHolders = 2;
+constexpr uint32_t kInlineHolders = 4;
 constexpr int kOptimisticTries = 4;
 constexpr uint64_t kInitialSlots = 16;
+constexpr size_t kHugePage = 2u << 20;
 
-// An entry is 7 words, all atomics so that optimistic readers never race:
+// An entry is one 64-byte cache line of 8 words, all atomics so that optimistic readers never
+// race:
 //   0..3  chunk hash            4  namespace id | kv rank << 32
 //   5     object group | holder count << 32
-//   6     holder 0 | holder 1 << 32
-constexpr uint32_t kWordsPerEntry = 7;
+//   6     holder 0 | holder 1 << 32       7  holder 2 | holder 3 << 32
+constexpr uint32_t kWordsPerEntry = 8;
 constexpr int kNsRank = 4;
 constexpr int kGroupCount = 5;
 constexpr int kInline = 6;
+
+// Entries live in segments that never move: six doubling ones (1K .. 32K entries), then 32K
+// entries (2 MiB, on huge pages) each. Small registries stay small; large ones need few TLB
+// entries.
+constexpr uint32_t kFirstSegmentShift = 10;
+constexpr uint32_t kDoublingSegments = 6;
+constexpr uint32_t kBigSegmentShift = kFirstSegmentShift + kDoublingSegments - 1;  // 32K
+constexpr uint32_t kDoublingEntries = ((1u << kDoublingSegments) - 1) << kFirstSegmentShift;
+constexpr uint32_t kMaxSegments =
+    kDoublingSegments + (kMaxEntriesPerShard - kDoublingEntries + (1u << kBigSegmentShift) - 1) /
+                            (1u << kBigSegmentShift);
+
+struct SegmentPos {
+  uint32_t segment;
+  uint32_t offset;
+};
+[[gnu::always_inline]] inline SegmentPos SegmentOf(uint32_t index) {
+  if (index < kDoublingEntries) {
+    const auto s = static_cast<uint32_t>(std::bit_width((index >> kFirstSegmentShift) + 1)) - 1;
+    return {s, index - (((1u << s) - 1) << kFirstSegmentShift)};
+  }
+  const uint32_t rest = index - kDoublingEntries;
+  return {kDoublingSegments + (rest >> kBigSegmentShift), rest & ((1u << kBigSegmentShift) - 1)};
+}
+uint32_t SegmentEntries(uint32_t segment) {
+  return 1u << (segment < kDoublingSegments ? kFirstSegmentShift + segment : kBigSegmentShift);
+}
+
+// Zeroed atomic words, cache-line aligned; 2 MiB aligned and advised onto transparent huge
+// pages from 2 MiB up.
+struct FreeWords {
+  void operator()(std::atomic<uint64_t>* p) const { std::free(p); }
+};
+using WordArray = std::unique_ptr<std::atomic<uint64_t>[], FreeWords>;
+WordArray AllocateWords(size_t n) {
+  const size_t align = n * sizeof(uint64_t) >= kHugePage ? kHugePage : 64;
+  const size_t bytes = (n * sizeof(uint64_t) + align - 1) / align * align;
+  void* p = std::aligned_alloc(align, bytes);
+  KVT_CHECK_MSG(p != nullptr, "reverse index: out of memory ({} bytes)", bytes);
+  if (align == kHugePage) madvise(p, bytes, MADV_HUGEPAGE);  // advice only: may be ignored
+  auto* words = static_cast<std::atomic<uint64_t>*>(p);
+  for (size_t i = 0; i < n; ++i) std::construct_at(words + i, uint64_t{0});
+  return WordArray(words);
+}
 
 struct KeyWords {
   uint64_t w[6];  // w[5]: the object group only
@@ -60,7 +106,7 @@ ObjectKey FromWords(const Word* e) {
   return *key;
 }
 
-bool Matches(const Word* e, const KeyWords& k) {
+[[gnu::always_inline]] inline bool Matches(const Word* e, const KeyWords& k) {
   return e[0].load(kRelaxed) == k.w[0] && e[1].load(kRelaxed) == k.w[1] &&
          e[2].load(kRelaxed) == k.w[2] && e[3].load(kRelaxed) == k.w[3] &&
          e[kNsRank].load(kRelaxed) == k.w[kNsRank] &&
@@ -71,8 +117,8 @@ uint32_t HolderCount(const Word* e) {
   return static_cast<uint32_t>(e[kGroupCount].load(kRelaxed) >> 32);
 }
 Holder InlineHolder(const Word* e, uint32_t k) {
-  const uint64_t w = e[kInline].load(kRelaxed);
-  return static_cast<Holder>(k == 0 ? w : w >> 32);
+  const uint64_t w = e[kInline + k / 2].load(kRelaxed);
+  return static_cast<Holder>(k % 2 == 0 ? w : w >> 32);
 }
 
 // A slot: the key hash's low 32 bits (the probe start and a filter) and entry index + 1 (0 is
@@ -82,9 +128,9 @@ uint32_t SlotHash(uint64_t v) { return static_cast<uint32_t>(v >> 32); }
 uint32_t SlotIndex(uint64_t v) { return static_cast<uint32_t>(v) - 1; }
 
 struct Table {
-  explicit Table(uint64_t n) : mask(n - 1), slots(std::make_unique<Word[]>(n)) {}
+  explicit Table(uint64_t n) : mask(n - 1), slots(AllocateWords(n)) {}
   const uint64_t mask;
-  const std::unique_ptr<Word[]> slots;
+  const WordArray slots;
 };
 
 void CpuRelax() {
@@ -104,21 +150,23 @@ struct ApplyScratch {
 }  // namespace
 
 struct alignas(64) ReverseIndex::Shard {
-  Shard() : blocks(std::make_unique<std::atomic<Word*>[]>(kMaxBlocks)) {
+  Shard() : blocks(std::make_unique<std::atomic<Word*>[]>(kMaxSegments)) {
     tables.push_back(std::make_unique<Table>(kInitialSlots));
     table.store(tables.back().get(), std::memory_order_release);
   }
 
   // ---- Read by optimistic readers (atomics only).
 
-  // nullptr when the block is not (visibly) published yet.
+  // nullptr when the segment is not (visibly) published yet.
   Word* EntryAt(uint32_t index) const {
-    Word* block = blocks[index >> kBlockShift].load(std::memory_order_acquire);
-    return block == nullptr ? nullptr : block + (index & (kBlockEntries - 1)) * kWordsPerEntry;
+    const SegmentPos pos = SegmentOf(index);
+    Word* segment = blocks[pos.segment].load(std::memory_order_acquire);
+    return segment == nullptr ? nullptr : segment + size_t{pos.offset} * kWordsPerEntry;
   }
 
   // The entry of `k` in `t`, read without the lock. *retry when the view was torn.
-  const Word* ProbeOptimistic(const Table& t, const KeyWords& k, uint32_t h32, bool* retry) const {
+  [[gnu::always_inline]] const Word* ProbeOptimistic(const Table& t, const KeyWords& k,
+                                                     uint32_t h32, bool* retry) const {
     uint64_t pos = h32 & t.mask;
     for (uint64_t n = 0; n <= t.mask; ++n) {
       const uint64_t v = t.slots[pos].load(kRelaxed);
@@ -175,15 +223,17 @@ struct alignas(64) ReverseIndex::Shard {
     } else {
       if (used >= kMaxEntriesPerShard) return false;
       index = used++;
-      if ((index & (kBlockEntries - 1)) == 0) {
-        storage.push_back(std::make_unique<Word[]>(kBlockEntries * kWordsPerEntry));
-        blocks[index >> kBlockShift].store(storage.back().get(), std::memory_order_release);
+      const SegmentPos at = SegmentOf(index);
+      if (at.offset == 0) {
+        storage.push_back(AllocateWords(size_t{SegmentEntries(at.segment)} * kWordsPerEntry));
+        blocks[at.segment].store(storage.back().get(), std::memory_order_release);
       }
     }
     Word* e = EntryAt(index);
     for (int i = 0; i < kGroupCount; ++i) e[i].store(k.w[i], kRelaxed);
     e[kGroupCount].store(k.w[kGroupCount] | uint64_t{1} << 32, kRelaxed);
     e[kInline].store(h, kRelaxed);
+    e[kInline + 1].store(0, kRelaxed);
     const Table* t = tables.back().get();
     if ((live + 1) * 10 > (t->mask + 1) * 7) {
       Grow();
@@ -244,9 +294,10 @@ struct alignas(64) ReverseIndex::Shard {
   }
 
   void SetInline(Word* e, uint32_t k, Holder h) KVT_REQUIRES(lock) {
-    const uint64_t w = e[kInline].load(kRelaxed);
-    e[kInline].store(
-        k == 0 ? (w & ~uint64_t{0xffffffff}) | h : (w & 0xffffffff) | uint64_t{h} << 32, kRelaxed);
+    Word& word = e[kInline + k / 2];
+    const uint64_t w = word.load(kRelaxed);
+    word.store(k % 2 == 0 ? (w & ~uint64_t{0xffffffff}) | h : (w & 0xffffffff) | uint64_t{h} << 32,
+               kRelaxed);
   }
   void SetCount(Word* e, uint32_t n) KVT_REQUIRES(lock) {
     const uint64_t group = e[kGroupCount].load(kRelaxed) & 0xffffffff;
@@ -311,7 +362,7 @@ struct alignas(64) ReverseIndex::Shard {
   const std::unique_ptr<std::atomic<Word*>[]> blocks;  // entry blocks by block number
 
   std::vector<std::unique_ptr<Table>> tables KVT_GUARDED_BY(lock);  // back() is live
-  std::vector<std::unique_ptr<Word[]>> storage KVT_GUARDED_BY(lock);
+  std::vector<WordArray> storage KVT_GUARDED_BY(lock);
   uint32_t used KVT_GUARDED_BY(lock) = 0;  // entry indices handed out so far
   uint64_t live KVT_GUARDED_BY(lock) = 0;  // occupied slots of the live table
   std::vector<uint32_t> free_list KVT_GUARDED_BY(lock);
@@ -575,9 +626,11 @@ void ReverseIndex::AddMemory(RegistryMemory* memory) const {
     const Shard& shard = shards_[s];
     sync::FastLockHolder hold(&shard.lock);
     for (const auto& t : shard.tables) memory->index_table_bytes += (t->mask + 1) * sizeof(Word);
-    memory->entry_bytes += shard.storage.size() * kBlockEntries * kWordsPerEntry * sizeof(Word) +
-                           kMaxBlocks * sizeof(Word*) +
-                           shard.free_list.capacity() * sizeof(uint32_t);
+    for (uint32_t seg = 0; seg < shard.storage.size(); ++seg) {
+      memory->entry_bytes += uint64_t{SegmentEntries(seg)} * kWordsPerEntry * sizeof(Word);
+    }
+    memory->entry_bytes +=
+        kMaxSegments * sizeof(Word*) + shard.free_list.capacity() * sizeof(uint32_t);
     memory->overflow_bytes +=
         shard.overflow.capacity() * (sizeof(std::pair<uint32_t, std::vector<Holder>>) + 1);
     for (const auto& [index, more] : shard.overflow) {

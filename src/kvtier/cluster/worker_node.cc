@@ -1,3 +1,5 @@
+// WorkerNode: keys, sequence numbers, heartbeat checks and the admin view. Full sync is in
+// worker_sync.cc.
 #include "kvtier/cluster/worker_node.h"
 
 #include <algorithm>
@@ -8,19 +10,26 @@
 
 namespace kvtier::cluster {
 
-WorkerNode::WorkerNode(const WorkerIdentity* identity, uint32_t slot, bool expects_heartbeats,
-                       TimePoint now)
+WorkerNode::WorkerNode(const WorkerIdentity* identity, const WorkerRegistration& registration,
+                       uint64_t registration_id, uint32_t slot, TimePoint now)
     : identity_(identity),
-      expects_heartbeats_(expects_heartbeats),
+      registration_id_(registration_id),
+      software_version_(registration.software_version),
+      expects_heartbeats_(registration.expects_heartbeats),
       slot_(slot),
       registration_time_(now),
       last_heartbeat_(now) {}
 
 WorkerNode::LocationState& WorkerNode::State(LocationId location) {
-  for (LocationState& s : locations_) {
-    if (s.id == location) return s;
-  }
+  if (LocationState* s = FindState(location)) return *s;
   return locations_.emplace_back(location);
+}
+
+WorkerNode::LocationState* WorkerNode::FindState(LocationId location) {
+  for (LocationState& s : locations_) {
+    if (s.id == location) return &s;
+  }
+  return nullptr;
 }
 
 const WorkerNode::LocationState* WorkerNode::FindState(LocationId location) const {
@@ -30,9 +39,8 @@ const WorkerNode::LocationState* WorkerNode::FindState(LocationId location) cons
   return nullptr;
 }
 
-bool WorkerNode::SyncingAt(LocationId location) const {
-  return sync_.has_value() && sync_->state == FullSyncState::kSyncing &&
-         sync_->location == location;
+void WorkerNode::RequestSync(LocationState& state, std::string_view reason) {
+  if (state.full_sync_reason.empty()) state.full_sync_reason = std::string(reason);
 }
 
 Status WorkerNode::ApplyOps(LocationState& state, std::span<const IndexOp> ops, ReverseIndex& index,
@@ -57,33 +65,48 @@ Status WorkerNode::ApplyOps(LocationState& state, std::span<const IndexOp> ops, 
 }
 
 Result<BatchResult> WorkerNode::ApplyBatch(LocationId location, uint64_t seq,
-                                           std::span<const IndexOp> ops, ReverseIndex& index) {
+                                           std::span<const IndexOp> ops, ReverseIndex& index,
+                                           uint64_t max_sync_evictions, NodeEvents* events) {
   LocationState& state = State(location);
   BatchResult result;
-  if (SyncingAt(location)) {
-    ++state.discarded_during_sync;
-    result.outcome = BatchOutcome::kDiscardedSyncing;
-    return result;
-  }
-  if (state.has_next_seq) {
-    result.expected_seq = state.next_seq;
-    if (seq < state.next_seq) {
-      // Seen already, or from before a restart this registry did not hear of: applying it
-      // could undo newer state, so it is dropped, and a full sync repairs whatever was lost.
+  if (state.has_last_seq) {
+    result.expected_seq = state.last_seq + 1;
+    if (seq <= state.last_seq) {
+      // Seen already (a resend) or overtaken: applying it could undo newer state.
       ++state.stale_batches;
-      state.needs_full_sync = true;
       result.outcome = BatchOutcome::kIgnoredStale;
       return result;
     }
-    if (seq > state.next_seq) {
+    if (seq > state.last_seq + 1) {
       ++state.seq_gaps;
-      state.needs_full_sync = true;
       result.outcome = BatchOutcome::kAppliedAfterGap;
+      if (Syncing(state)) {
+        FailSync(state, "seq_gap", events);
+        result.failed_sync = true;
+      } else {
+        RequestSync(state, "seq_gap");
+      }
     }
   }
-  state.has_next_seq = true;
-  state.next_seq = seq + 1;
+  state.has_last_seq = true;
+  state.last_seq = seq;
   Status status = ApplyOps(state, ops, index, &result.keys_added, &result.keys_removed);
+  if (Syncing(state)) {
+    // A batch of the sync is a snapshot from before these events: it must not bring back a key
+    // they evicted. An admit makes the key present again, so batches may carry it.
+    auto& evicted = state.sync->evicted;
+    for (const IndexOp& op : ops) {
+      if (op.admit) {
+        evicted.erase(*op.key);
+      } else {
+        evicted.insert(*op.key);
+      }
+    }
+    if (evicted.size() > max_sync_evictions) {
+      FailSync(state, "sync_evictions_overflow", events);
+      result.failed_sync = true;
+    }
+  }
   if (!status.ok()) return MakeError(std::move(status));
   return result;
 }
@@ -95,22 +118,25 @@ uint64_t WorkerNode::ClearState(LocationState& state, ReverseIndex& index) {
     index.RemoveHolder(refs, HolderAt(state.id));
   }
   state.keys = {};
-  state.has_next_seq = false;
-  state.next_seq = 0;
+  state.has_last_seq = false;
+  state.last_seq = 0;
   return n;
 }
 
-uint64_t WorkerNode::ClearKeys(std::optional<LocationId> location, ReverseIndex& index) {
+uint64_t WorkerNode::ClearKeys(std::optional<LocationId> location, ReverseIndex& index,
+                               bool request_sync) {
   uint64_t removed = 0;
   for (LocationState& state : locations_) {
-    if (!location.has_value() || state.id == *location) removed += ClearState(state, index);
+    if (location.has_value() && state.id != *location) continue;
+    removed += ClearState(state, index);
+    if (request_sync) RequestSync(state, "cleared");
   }
   return removed;
 }
 
 uint64_t WorkerNode::Retire(ReverseIndex& index) {
   removed_ = true;
-  return ClearKeys(std::nullopt, index);
+  return ClearKeys(std::nullopt, index, /*request_sync=*/false);
 }
 
 std::vector<KeyRef> WorkerNode::Refs(LocationId location) const {
@@ -122,12 +148,6 @@ std::vector<KeyRef> WorkerNode::Refs(LocationId location) const {
 uint64_t WorkerNode::KeyCount(LocationId location) const {
   const LocationState* state = FindState(location);
   return state == nullptr ? 0 : state->keys.size();
-}
-
-uint64_t WorkerNode::TotalKeyCount() const {
-  uint64_t n = 0;
-  for (const LocationState& s : locations_) n += s.keys.size();
-  return n;
 }
 
 std::vector<LocationId> WorkerNode::LocationIds() const {
@@ -143,166 +163,46 @@ uint64_t WorkerNode::KeySetBytes() const {
   return bytes;
 }
 
-Status WorkerNode::StartSync(LocationId location, std::string_view sync_id,
-                             uint64_t expected_total_keys, uint32_t expected_batch_count,
-                             TimePoint now, Duration timeout, ReverseIndex& index,
-                             bool* failed_previous, uint64_t* keys_cleared) {
-  *failed_previous = false;
-  if (sync_.has_value() && sync_->state == FullSyncState::kSyncing) {
-    if (sync_->sync_id != sync_id) {
-      if (now <= sync_->deadline) {
-        return Status::FailedPrecondition(
-            fmt::format("cluster registry: worker {}/{} is already syncing (sync id '{}')",
-                        instance_id(), worker_id(), sync_->sync_id));
+std::vector<FullSyncRequest> WorkerNode::CheckReports(
+    std::span<const std::pair<LocationId, LocationReport>> reports, const LocationTable& locations,
+    NodeEvents* events) {
+  for (const auto& [location, report] : reports) {
+    LocationState& state = State(location);
+    // The previous heartbeat said the worker had sent up to reported_seq: still missing now,
+    // those events were lost (a lost last event has no successor to reveal a gap).
+    if (state.has_reported_seq && state.has_last_seq && state.last_seq < state.reported_seq) {
+      ++events->lost_events;
+      if (Syncing(state)) {
+        FailSync(state, "lost_events", events);
+      } else {
+        RequestSync(state, "lost_events");
       }
-      *failed_previous = true;  // stalled past its deadline: replaced
-    } else if (sync_->location != location) {
-      return Status::InvalidArgument(fmt::format(
-          "cluster registry: sync id '{}' is in progress for another location", sync_id));
     }
-    // The same sync id again: the worker restarts its sync from scratch.
+    // In step with the worker: the counts must agree (not while a sync is rebuilding them).
+    if (!Syncing(state) && state.has_last_seq && state.last_seq == report.last_seq &&
+        state.keys.size() != report.key_count) {
+      ++events->key_count_mismatches;
+      RequestSync(state, "key_count_mismatch");
+    }
+    state.has_reported_seq = true;
+    state.reported_seq = report.last_seq;
   }
-  SyncSession session;
-  session.sync_id = std::string(sync_id);
-  session.location = location;
-  session.state = FullSyncState::kSyncing;
-  session.start_time = now;
-  session.last_activity = now;
-  session.deadline = now + timeout;
-  session.expected_total_keys = expected_total_keys;
-  session.expected_batch_count = expected_batch_count;
-  session.received.assign(expected_batch_count, false);
-  sync_ = std::move(session);
-  LocationState& state = State(location);
-  *keys_cleared = ClearState(state, index);
-  state.needs_full_sync = true;  // until this sync completes
-  return Status::OK();
-}
-
-Result<SyncBatchResult> WorkerNode::AddSyncBatch(LocationId location, std::string_view sync_id,
-                                                 uint32_t batch_index, std::span<const IndexOp> ops,
-                                                 TimePoint now, Duration timeout,
-                                                 ReverseIndex& index) {
-  if (!SyncingAt(location) || sync_->sync_id != sync_id) {
-    return MakeError(Status::FailedPrecondition(
-        fmt::format("cluster registry: worker {}/{} has no sync '{}' in progress for this location",
-                    instance_id(), worker_id(), sync_id)));
+  std::vector<FullSyncRequest> requests;
+  for (LocationState& state : locations_) {
+    if (state.full_sync_reason.empty() || state.full_sync_requested || Syncing(state)) continue;
+    state.full_sync_requested = true;
+    requests.push_back(FullSyncRequest{locations.Name(state.id), state.full_sync_reason});
   }
-  SyncSession& session = *sync_;
-  if (batch_index >= session.expected_batch_count) {
-    return MakeError(
-        Status::OutOfRange(fmt::format("cluster registry: sync batch {} of a sync with {} batches",
-                                       batch_index, session.expected_batch_count)));
-  }
-  session.last_activity = now;
-  session.deadline = now + timeout;
-  SyncBatchResult result;
-  if (session.received[batch_index]) {
-    ++session.duplicate_batches;
-    result.duplicate = true;
-    return result;
-  }
-  uint32_t removed = 0;
-  Status status = ApplyOps(State(location), ops, index, &result.keys_added, &removed);
-  if (!status.ok()) return MakeError(std::move(status));
-  session.received[batch_index] = true;
-  ++session.received_batch_count;
-  session.received_keys += ops.size();
-  return result;
-}
-
-std::vector<uint32_t> WorkerNode::MissingBatches() const {
-  std::vector<uint32_t> missing;
-  if (!sync_.has_value() || sync_->state != FullSyncState::kSyncing) return missing;
-  for (uint32_t i = 0; i < sync_->expected_batch_count; ++i) {
-    if (!sync_->received[i]) missing.push_back(i);
-  }
-  return missing;
-}
-
-Result<SyncEndResult> WorkerNode::EndSync(LocationId location, std::string_view sync_id,
-                                          uint64_t actual_total_keys, TimePoint now,
-                                          Duration timeout, bool* completed_now) {
-  *completed_now = false;
-  if (!sync_.has_value() || sync_->sync_id != sync_id || sync_->location != location) {
-    return MakeError(Status::FailedPrecondition(
-        fmt::format("cluster registry: worker {}/{} has no sync '{}' for this location",
-                    instance_id(), worker_id(), sync_id)));
-  }
-  SyncSession& session = *sync_;
-  SyncEndResult result;
-  result.received_keys = session.received_keys;
-  result.key_count_matches = session.received_keys == actual_total_keys;
-  switch (session.state) {
-    case FullSyncState::kCompleted:  // a repeated end: same answer
-      result.state = FullSyncState::kCompleted;
-      return result;
-    case FullSyncState::kFailed:
-      return MakeError(Status::FailedPrecondition(
-          fmt::format("cluster registry: sync '{}' failed (timed out); start a new one", sync_id)));
-    case FullSyncState::kIdle:
-    case FullSyncState::kSyncing:
-      break;
-  }
-  session.last_activity = now;
-  session.deadline = now + timeout;
-  result.missing_batches = MissingBatches();
-  if (!result.missing_batches.empty()) {
-    result.state = FullSyncState::kSyncing;
-    return result;
-  }
-  session.state = FullSyncState::kCompleted;
-  LocationState& state = State(location);
-  state.needs_full_sync = false;
-  // The worker's next incremental batch sets a new baseline.
-  state.has_next_seq = false;
-  result.state = FullSyncState::kCompleted;
-  *completed_now = true;
-  return result;
-}
-
-std::optional<ExpiredSync> WorkerNode::ExpireSync(TimePoint now, const LocationTable& locations) {
-  if (!sync_.has_value() || sync_->state != FullSyncState::kSyncing || now <= sync_->deadline) {
-    return std::nullopt;
-  }
-  ExpiredSync expired;
-  expired.instance_id = instance_id();
-  expired.worker_id = worker_id();
-  expired.location = locations.Name(sync_->location);
-  expired.sync_id = sync_->sync_id;
-  expired.missing_batches = static_cast<uint32_t>(MissingBatches().size());
-  sync_->state = FullSyncState::kFailed;  // the location keeps needs_full_sync
-  return expired;
-}
-
-FullSyncState WorkerNode::sync_state() const {
-  return sync_.has_value() ? sync_->state : FullSyncState::kIdle;
-}
-
-std::optional<WorkerSyncInfo> WorkerNode::SyncInfo(const LocationTable& locations) const {
-  if (!sync_.has_value()) return std::nullopt;
-  const SyncSession& s = *sync_;
-  WorkerSyncInfo info;
-  info.sync_id = s.sync_id;
-  info.location = locations.Name(s.location);
-  info.state = s.state;
-  info.start_time = s.start_time;
-  info.last_activity = s.last_activity;
-  info.deadline = s.deadline;
-  info.expected_total_keys = s.expected_total_keys;
-  info.expected_batch_count = s.expected_batch_count;
-  info.received_batch_count = s.received_batch_count;
-  info.received_keys = s.received_keys;
-  info.duplicate_batches = s.duplicate_batches;
-  info.missing_batches = MissingBatches();
-  return info;
+  return requests;
 }
 
 WorkerInfo WorkerNode::Info(const LocationTable& locations) const {
   WorkerInfo info;
   info.instance_id = instance_id();
   info.worker_id = worker_id();
+  info.registration_id = registration_id_;
   info.address = address();
+  info.software_version = software_version_;
   info.expects_heartbeats = expects_heartbeats_;
   info.registration_time = registration_time_;
   info.last_heartbeat = last_heartbeat_;
@@ -310,19 +210,19 @@ WorkerInfo WorkerNode::Info(const LocationTable& locations) const {
     LocationInfo l;
     l.location = locations.Name(s.id);
     l.keys = s.keys.size();
-    if (s.has_next_seq) l.next_seq = s.next_seq;
-    l.needs_full_sync = s.needs_full_sync;
+    if (s.has_last_seq) l.last_seq = s.last_seq;
+    l.full_sync_reason = s.full_sync_reason;
+    l.full_sync_requested = s.full_sync_requested;
     l.seq_gaps = s.seq_gaps;
     l.stale_batches = s.stale_batches;
-    l.discarded_during_sync = s.discarded_during_sync;
+    l.sync = SyncInfoOf(s, locations);
     info.total_keys += l.keys;
     info.seq_gaps += l.seq_gaps;
-    info.needs_full_sync = info.needs_full_sync || l.needs_full_sync;
+    info.needs_full_sync = info.needs_full_sync || !l.full_sync_reason.empty();
     info.locations.push_back(std::move(l));
   }
   std::sort(info.locations.begin(), info.locations.end(),
             [](const LocationInfo& a, const LocationInfo& b) { return a.location < b.location; });
-  info.sync = SyncInfo(locations);
   return info;
 }
 
