@@ -2,9 +2,10 @@
 // on its own outside cluster/ and its tests.
 //
 // A holder is a (worker slot, location id) pair packed into 32 bits. Each key is stored once,
-// in a 56-byte entry of its shard: the 44-byte ObjectKey, a holder count and two inline
-// holders (a third and later holders go to the shard's overflow map). Entries live in
-// 1024-entry blocks that never move, so an entry's KeyRef (shard, entry index) is a stable
+// in a 64-byte (one cache line) entry of its shard: the 44-byte ObjectKey, a holder count and
+// four inline holders (a fifth and later holders go to the shard's overflow map). Entries live
+// in segments that never move (doubling from 1K entries to 32K = 2 MiB, then 2 MiB each,
+// advised onto transparent huge pages), so an entry's KeyRef (shard, entry index) is a stable
 // 32-bit handle for as long as the key has a holder: per-worker key sets store KeyRefs, not
 // keys. Each shard finds entries through its own open-addressing table (linear probing,
 // backward-shift deletion) of 8-byte slots: 32 bits of the key's hash and the entry index.
