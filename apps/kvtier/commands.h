@@ -7,6 +7,7 @@
 #include <CLI/CLI.hpp>
 
 #include "kvtier/config/server_config.h"
+#include "kvtier/controller/controller_config.h"
 
 namespace kvtier::apps {
 
@@ -42,5 +43,13 @@ struct ServerArgs {
 };
 CLI::App* AddServerCommand(CLI::App& app, ServerArgs* args);
 int RunServer(const ServerArgs& args);
+
+struct ControllerArgs {
+  controller::ControllerFlags flags;
+  bool print_config = false;
+  bool log_level_given = false;  // the global --log-level wins over the config's log_level
+};
+CLI::App* AddControllerCommand(CLI::App& app, ControllerArgs* args);
+int RunController(const ControllerArgs& args);
 
 }  // namespace kvtier::apps

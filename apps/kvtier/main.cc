@@ -22,6 +22,8 @@ int main(int argc, char** argv) {
   CLI::App* demo = kvtier::apps::AddDemoCommand(app, &demo_args);
   kvtier::apps::ServerArgs server_args;
   CLI::App* server = kvtier::apps::AddServerCommand(app, &server_args);
+  kvtier::apps::ControllerArgs controller_args;
+  CLI::App* controller = kvtier::apps::AddControllerCommand(app, &controller_args);
   CLI::App* version = app.add_subcommand("version", "Print the version");
 
   CLI11_PARSE(app, argc, argv);
@@ -37,6 +39,10 @@ int main(int argc, char** argv) {
   if (*server) {
     server_args.log_level_given = log_level_option->count() > 0;
     return kvtier::apps::RunServer(server_args);
+  }
+  if (*controller) {
+    controller_args.log_level_given = log_level_option->count() > 0;
+    return kvtier::apps::RunController(controller_args);
   }
   if (*bench) return kvtier::apps::RunBench(bench_args);
   if (*demo) return kvtier::apps::RunDemo(demo_args);
