@@ -113,8 +113,10 @@ class Reporter {
   void Stop();
 
   ReporterStats stats() const;
-  // Waits until `done(stats())` holds or `timeout` passes; returns the last answer. For tests
-  // and tools; `done` runs under the stats lock and must not call back into the reporter.
+  // Waits until `done` holds for the counters the reporter thread keeps (the per-location keys,
+  // pending_keys and keys_dropped are read live by stats() only) or `timeout` passes; returns
+  // the last answer. For tests and tools; `done` runs under the stats lock and must not call
+  // back into the reporter.
   bool WaitForStats(const std::function<bool(const ReporterStats&)>& done, Duration timeout) const;
   // {"enabled", "endpoint", ..., "state", counters, "last_error", "locations": [...]}.
   nlohmann::json StatusJson() const;
