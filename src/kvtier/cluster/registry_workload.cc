@@ -139,25 +139,35 @@ RunReport RunFindKv(const RegistryTree& tree, std::span<const ObjectKey> probes,
   return report;
 }
 
-BaselineReport RunFlatMapBaseline(std::span<const ObjectKey> keys,
-                                  std::span<const ObjectKey> probes, uint64_t lookups) {
-  KVT_CHECK(!probes.empty());
-  BaselineReport report;
+struct FlatMapBaseline::Map {
   absl::flat_hash_map<ObjectKey, uint32_t, keys::ObjectKeyHash> map;
-  auto t0 = std::chrono::steady_clock::now();
-  for (size_t i = 0; i < keys.size(); ++i) map.try_emplace(keys[i], static_cast<uint32_t>(i));
-  auto t1 = std::chrono::steady_clock::now();
-  report.insert = RunReport{Seconds(t0, t1), keys.size(), 0};
+};
+
+FlatMapBaseline::FlatMapBaseline() : map_(std::make_unique<Map>()) {}
+FlatMapBaseline::~FlatMapBaseline() = default;
+
+RunReport FlatMapBaseline::Insert(std::span<const ObjectKey> keys) {
+  const auto t0 = std::chrono::steady_clock::now();
+  for (size_t i = 0; i < keys.size(); ++i) {
+    map_->map.try_emplace(keys[i], static_cast<uint32_t>(i));
+  }
+  const auto t1 = std::chrono::steady_clock::now();
+  return RunReport{Seconds(t0, t1), keys.size(), 0};
+}
+
+RunReport FlatMapBaseline::Find(std::span<const ObjectKey> probes, uint64_t lookups) const {
+  KVT_CHECK(!probes.empty());
   uint64_t found = 0;
   size_t j = 0;
-  t0 = std::chrono::steady_clock::now();
+  const auto t0 = std::chrono::steady_clock::now();
   for (uint64_t i = 0; i < lookups; ++i) {
-    if (map.find(probes[j]) != map.end()) ++found;
+    if (map_->map.find(probes[j]) != map_->map.end()) ++found;
     if (++j == probes.size()) j = 0;
   }
-  t1 = std::chrono::steady_clock::now();
-  report.find = RunReport{Seconds(t0, t1), lookups, found};
-  return report;
+  const auto t1 = std::chrono::steady_clock::now();
+  return RunReport{Seconds(t0, t1), lookups, found};
 }
+
+void FlatMapBaseline::Clear() { map_->map = {}; }
 
 }  // namespace kvtier::cluster

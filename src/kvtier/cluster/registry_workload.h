@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -49,13 +50,23 @@ Result<RunReport> RunIngest(RegistryTree& tree, std::span<const ObjectKey> keys,
 RunReport RunFindKv(const RegistryTree& tree, std::span<const ObjectKey> probes, uint64_t lookups,
                     uint32_t threads);
 
-// The baseline: one absl::flat_hash_map<ObjectKey, uint32_t> on one thread. Insert all `keys`,
-// then `lookups` finds over `probes`.
-struct BaselineReport {
-  RunReport insert;
-  RunReport find;
+// The baseline: one absl::flat_hash_map<ObjectKey, uint32_t> used by one thread, no locks.
+class FlatMapBaseline {
+ public:
+  FlatMapBaseline();
+  ~FlatMapBaseline();
+  FlatMapBaseline(const FlatMapBaseline&) = delete;
+  FlatMapBaseline& operator=(const FlatMapBaseline&) = delete;
+
+  // Inserts `keys` (timed).
+  RunReport Insert(std::span<const ObjectKey> keys);
+  // `lookups` finds over `probes` (timed).
+  RunReport Find(std::span<const ObjectKey> probes, uint64_t lookups) const;
+  void Clear();
+
+ private:
+  struct Map;
+  std::unique_ptr<Map> map_;
 };
-BaselineReport RunFlatMapBaseline(std::span<const ObjectKey> keys,
-                                  std::span<const ObjectKey> probes, uint64_t lookups);
 
 }  // namespace kvtier::cluster
