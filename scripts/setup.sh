@@ -17,6 +17,8 @@ PACKAGES=(
   # python package and integration tests
   python3 python3-dev python3-pytest python3-numpy pybind11-dev python3-pybind11
   python3-venv python3-setuptools python3-pip python3-wheel python3-zmq python3-msgpack
+  # the controller dashboard's browser test (headless)
+  chromium
 )
 
 missing=()

@@ -287,7 +287,8 @@ Result<json> DashboardJson(const ControllerCore& core, const BoundEndpoints& end
   const ControllerOptions& o = core.options();
   uint64_t dropped = 0;
   for (const auto& d : c.events_dropped) dropped += Load(d);
-  json out = HealthJson(core);
+  json out;
+  out["controller"] = HealthJson(core);
   out["settings"] = {
       {"requests", endpoints.requests},
       {"events", endpoints.events},

@@ -131,9 +131,9 @@ TEST_F(AdminViewsTest, WorkersJsonDescribesWorkersAndLocations) {
 TEST_F(AdminViewsTest, DashboardJsonHasTotalsWorkersAndEvents) {
   auto d = DashboardJson(*core_, BoundEndpoints{"tcp://r", "tcp://e", "tcp://h"});
   ASSERT_TRUE(d.has_value());
-  EXPECT_EQ((*d)["status"], "ok");
+  EXPECT_EQ((*d)["controller"]["status"], "ok");
+  EXPECT_EQ((*d)["controller"]["keys"], 3);
   EXPECT_EQ((*d)["workers"].size(), 1u);
-  EXPECT_EQ((*d)["keys"], 3);
   EXPECT_EQ((*d)["settings"]["events"], "tcp://e");
   EXPECT_EQ((*d)["settings"]["chunk_size"], 256);
   ASSERT_GE((*d)["events"].size(), 1u);

@@ -1,5 +1,5 @@
-// `kvtier controller` configuration: a YAML file (configs/controller.example.yaml, every key
-// documented in docs/controller.md) overridden by command-line flags, into ControllerOptions.
+// `kvtier controller` configuration: a YAML file (every key in docs/controller.md, "The
+// controller process") overridden by command-line flags, into ControllerOptions.
 #pragma once
 
 #include <cstdint>
