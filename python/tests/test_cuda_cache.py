@@ -72,8 +72,9 @@ def server(tmp_path_factory) -> Iterator[Server]:
         pytest.skip("KVTIER_BIN is not set: no kvtier server binary to test against")
     tmp = tmp_path_factory.mktemp("gpu")
     config = tmp / "server.yaml"
-    # Workers that never ping are reaped after 2 s (the reaping test); the others ping.
-    config.write_text("engine:\n  registration_grace: 2s\n  worker_timeout: 600s\n")
+    # Workers silent for 3 s are reaped (the reaping test); the others keep storing, retrieving
+    # and pinging.
+    config.write_text("engine:\n  registration_grace: 3s\n  worker_timeout: 3s\n")
     endpoint = f"ipc://{tmp}/kvtier.sock"
     port = _free_port()
     args = [binary, "--log-level", "warn", "server", "--config", str(config),
@@ -279,7 +280,7 @@ def test_exited_client_is_reaped_and_its_mappings_released(server: Server) -> No
     child.start()
     child.join(120)
     assert child.exitcode == 0
-    # Registered, never pinged, gone: reaped after registration_grace (2 s).
+    # Registered, never pinged, gone: reaped after registration_grace (3 s).
     status = server.wait_for(
         lambda s: all(w["instance_id"] != "leaver" for w in s["engine"]["workers"]))
     assert status["gpu"]["ipc_mappings"] == 0

@@ -54,13 +54,18 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::Create(
   // Open each distinct allocation once; check its layers fit and do not overlap.
   std::map<protocol::CudaIpcHandle, std::vector<size_t>> layers_of;
   for (size_t i = 0; i < handles.size(); ++i) layers_of[handles[i]].push_back(i);
+  if (geometry.format == protocol::KvFormat::kCrossLayer && layers_of.size() != 1) {
+    return MakeError(Status::InvalidArgument(
+        "cross_layer: every layer is in one tensor, so every cuda_ipc_handles entry must be the "
+        "same"));
+  }
   std::vector<uint64_t> addresses(geometry.num_layers);
   for (const auto& [handle, layers] : layers_of) {
     KVT_ASSIGN_OR_RETURN(std::shared_ptr<const IpcMapping> mapping,
                          IpcMapping::Open(device, handle));
     std::vector<uint64_t> group;
     for (size_t layer : layers) group.push_back(offsets[layer]);
-    if (Status s = geometry.CheckLayerExtents(group, mapping->size()); !s.ok()) {
+    if (Status s = geometry.CheckExtents(group, mapping->size()); !s.ok()) {
       return MakeError(Status::InvalidArgument(
           fmt::format("layers {} in one {}-byte CUDA allocation: {}", fmt::join(layers, ", "),
                       mapping->size(), s.message())));

@@ -118,7 +118,13 @@ Status KvGeometry::CheckLayerExtents(std::span<const uint64_t> layer_offsets,
     return Invalid(fmt::format("layer_offsets has {} entries; num_layers is {}",
                                layer_offsets.size(), num_layers));
   }
-  for (uint32_t l = 0; l < num_layers; ++l) {
+  return CheckExtents(layer_offsets, region_size);
+}
+
+Status KvGeometry::CheckExtents(std::span<const uint64_t> layer_offsets,
+                                uint64_t region_size) const {
+  const auto n = static_cast<uint32_t>(layer_offsets.size());
+  for (uint32_t l = 0; l < n; ++l) {
     uint64_t end = 0;
     if (__builtin_add_overflow(layer_offsets[l], layer_bytes, &end) || end > region_size) {
       return Status::OutOfRange(fmt::format(
@@ -128,7 +134,7 @@ Status KvGeometry::CheckLayerExtents(std::span<const uint64_t> layer_offsets,
   }
   if (format == KvFormat::kCrossLayer) {
     // One tensor: every layer names its base.
-    for (uint32_t l = 1; l < num_layers; ++l) {
+    for (uint32_t l = 1; l < n; ++l) {
       if (layer_offsets[l] != layer_offsets[0]) {
         return Invalid(fmt::format(
             "cross_layer: every layer_offsets entry must be the tensor's offset ({}); layer {} "
@@ -138,7 +144,7 @@ Status KvGeometry::CheckLayerExtents(std::span<const uint64_t> layer_offsets,
     }
     return Status::OK();
   }
-  std::vector<uint32_t> order(num_layers);
+  std::vector<uint32_t> order(n);
   std::iota(order.begin(), order.end(), 0u);
   std::sort(order.begin(), order.end(),
             [&](uint32_t a, uint32_t b) { return layer_offsets[a] < layer_offsets[b]; });

@@ -58,6 +58,8 @@ struct KvGeometry {
   // Every layer [offset, offset + layer_bytes) lies within [0, region_size), and no two layers
   // overlap.
   Status CheckLayerExtents(std::span<const uint64_t> layer_offsets, uint64_t region_size) const;
+  // The same for any subset of the layers (those sharing one region, e.g. one CUDA allocation).
+  Status CheckExtents(std::span<const uint64_t> layer_offsets, uint64_t region_size) const;
 
   bool heads_major() const {
     return format == protocol::KvFormat::kKvHnd || format == protocol::KvFormat::kNbKvHnd;
