@@ -21,11 +21,13 @@ READY = re.compile(r"kvtier controller ready: requests=(\S+) events=(\S+) heartb
 
 
 class Controller:
-    def __init__(self, *flags):
+    def __init__(self, *flags, base_port=0):
+        """base_port 0: free ports; else requests, events and heartbeats on base_port, +1, +2."""
+        ports = [base_port + i if base_port else 0 for i in range(3)]
         self.cmd = [KVTIER_BIN, "--log-level", "warn", "controller",
-                    "--request-endpoint", "tcp://127.0.0.1:0",
-                    "--events-endpoint", "tcp://127.0.0.1:0",
-                    "--heartbeat-endpoint", "tcp://127.0.0.1:0",
+                    "--request-endpoint", f"tcp://127.0.0.1:{ports[0]}",
+                    "--events-endpoint", f"tcp://127.0.0.1:{ports[1]}",
+                    "--heartbeat-endpoint", f"tcp://127.0.0.1:{ports[2]}",
                     "--admin-port", "0", *flags]
         # The log goes to a file: a pipe nobody reads could fill and block the controller.
         self.log = tempfile.TemporaryFile(mode="w+")
@@ -91,8 +93,8 @@ def controller_factory():
         pytest.skip("KVTIER_BIN is not set (ctest sets it)")
     started = []
 
-    def start(*flags):
-        c = Controller(*flags)
+    def start(*flags, base_port=0):
+        c = Controller(*flags, base_port=base_port)
         started.append(c)
         return c
 
