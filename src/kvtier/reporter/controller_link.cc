@@ -42,7 +42,7 @@ Result<std::string> ShiftPort(const std::string& endpoint, int delta, std::strin
   if (!endpoint.starts_with("tcp://")) return bad("not a tcp:// endpoint");
   const size_t colon = endpoint.rfind(':');
   if (colon == std::string::npos || colon < 6) return bad("no port");
-  const std::string_view digits = std::string_view(endpoint).substr(colon + 1);
+  const std::string_view digits = std::string_view{endpoint}.substr(colon + 1);
   int port = 0;
   auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), port);
   if (ec != std::errc() || end != digits.data() + digits.size() || port < 1 ||
@@ -161,7 +161,7 @@ Result<controller::Reply> ControllerLink::Call(Channel channel, const controller
   const TimePoint deadline = std::chrono::steady_clock::now() + timeout;
   // Waits for `events` on the socket (or a wake-up) until the deadline: false at the deadline.
   Status wait_status;
-  auto wait = [&](short events) {
+  auto wait = [&](int16_t events) {
     if (interrupted && interrupted()) {
       wait_status = Status::Cancelled(fmt::format("{}: abandoned", describe()));
       return false;

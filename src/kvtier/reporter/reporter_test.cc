@@ -317,6 +317,7 @@ TEST_F(ReporterTest, TheListenerNeverBlocksWhileTheControllerIsDown) {
   constexpr int kThreads = 4;
   constexpr size_t kPerThread = 100;
   std::vector<std::thread> threads;
+  threads.reserve(kThreads);
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([this, t] {
       std::vector<ObjectKey> keys = Admit(1000 + t * kPerThread, kPerThread);
