@@ -254,6 +254,13 @@ void Encode(Writer& w, const ClearRequest& r) {
   w.Field("force", r.force);
 }
 void Encode(Writer& w, const NoopRequest&) { w.Map(0); }
+void Encode(Writer& w, const ReadObjectsRequest& r) {
+  w.Map(2);
+  w.Str("keys");
+  w.Array(static_cast<uint32_t>(r.keys.size()));
+  for (const std::string& k : r.keys) w.Str(k);
+  w.Field("max_bytes", r.max_bytes);
+}
 
 // Replies.
 void Encode(Writer& w, const HelloReply& r) {
@@ -311,6 +318,12 @@ void Encode(Writer& w, const ClearReply& r) {
   w.Map(1);
   w.Field("cleared", r.cleared);
 }
+void Encode(Writer& w, const ReadObjectsReply& r) {
+  w.Map(1);
+  w.Str("found");
+  w.Array(static_cast<uint32_t>(r.found.size()));
+  for (bool f : r.found) w.Bool(f);
+}
 void Encode(Writer& w, const ErrorReply& r) {
   w.Map(3);
   // Error codes are positive; anything else would not decode, so it is sent as kInternal.
@@ -333,6 +346,12 @@ size_t SizeHint(const LookupRequest& r) { return 32 + SizeHint(r.key); }
 size_t SizeHint(const FreeLookupLocksRequest& r) { return 32 + SizeHint(r.key); }
 size_t SizeHint(const StoreRequest& r) { return 64 + SizeHint(r.key) + 5 * r.block_ids.size(); }
 size_t SizeHint(const RetrieveRequest& r) { return 96 + SizeHint(r.key) + 5 * r.block_ids.size(); }
+size_t SizeHint(const ReadObjectsRequest& r) {
+  size_t n = 32;
+  for (const std::string& k : r.keys) n += k.size() + 5;
+  return n;
+}
+size_t SizeHint(const ReadObjectsReply& r) { return 16 + r.found.size(); }
 size_t SizeHint(const RegisterKvCacheRequest& r) {
   return 256 + r.shm_name.size() + 9 * r.layout.layer_offsets.size() +
          (kCudaIpcHandleBytes + 2) * r.cuda_ipc_handles.size();
@@ -964,6 +983,38 @@ Status DecodeFields(const MapReader& m, ClearRequest* r) {
 
 Status DecodeFields(const MapReader&, NoopRequest*) { return Status::OK(); }
 
+Status DecodeFields(const MapReader& m, ReadObjectsRequest* r) {
+  KVT_ASSIGN_OR_RETURN(const msgpack::object* o, m.Required("keys"));
+  if (o->type != msgpack::type::ARRAY) {
+    return m.Error("keys", fmt::format("must be an array of object keys, got {}", TypeName(*o)));
+  }
+  const msgpack::object_array& array = o->via.array;
+  if (array.size == 0) return m.Error("keys", "must not be empty");
+  if (array.size > kMaxReadObjectsKeys) {
+    return m.Error("keys", fmt::format("has {} elements, the limit is {}", array.size,
+                                       kMaxReadObjectsKeys));
+  }
+  r->keys.assign(array.size, {});
+  for (uint32_t i = 0; i < array.size; ++i) {
+    const msgpack::object& e = array.ptr[i];
+    const std::string name = fmt::format("keys[{}]", i);
+    if (e.type != msgpack::type::STR) {
+      return m.Error(name, fmt::format("must be str, got {}", TypeName(e)));
+    }
+    const std::string_view text = AsView(e.via.str);
+    if (text.size() > kMaxStringLength) {
+      return m.Error(name,
+                     fmt::format("is {} bytes, the limit is {}", text.size(), kMaxStringLength));
+    }
+    Result<keys::ObjectKey> key = keys::ObjectKey::Parse(text);
+    if (!key) {
+      return m.Error(name, fmt::format("is not an object key: {}", key.error().message()));
+    }
+    r->keys[i].assign(text);
+  }
+  return m.Uint("max_bytes", Need::kRequired, &r->max_bytes, 1);
+}
+
 // ---- Replies ----
 
 Status DecodeFields(const MapReader& m, HelloReply* r) {
@@ -1020,6 +1071,27 @@ Status DecodeFields(const MapReader& m, PingReply* r) {
 
 Status DecodeFields(const MapReader& m, ClearReply* r) {
   return m.Uint("cleared", Need::kRequired, &r->cleared);
+}
+
+Status DecodeFields(const MapReader& m, ReadObjectsReply* r) {
+  KVT_ASSIGN_OR_RETURN(const msgpack::object* o, m.Required("found"));
+  if (o->type != msgpack::type::ARRAY) {
+    return m.Error("found", fmt::format("must be an array of bools, got {}", TypeName(*o)));
+  }
+  const msgpack::object_array& array = o->via.array;
+  if (array.size > kMaxReadObjectsKeys) {
+    return m.Error("found", fmt::format("has {} elements, the limit is {}", array.size,
+                                        kMaxReadObjectsKeys));
+  }
+  r->found.assign(array.size, false);
+  for (uint32_t i = 0; i < array.size; ++i) {
+    if (array.ptr[i].type != msgpack::type::BOOLEAN) {
+      return m.Error(fmt::format("found[{}]", i),
+                     fmt::format("must be a bool, got {}", TypeName(array.ptr[i])));
+    }
+    r->found[i] = array.ptr[i].via.boolean;
+  }
+  return Status::OK();
 }
 
 Status DecodeFields(const MapReader& m, ErrorReply* r) {
@@ -1084,6 +1156,8 @@ Result<Reply> DecodeTypedReply(const Where& where, std::span<const uint8_t> payl
       return DecodeAs<PingReply, Reply>(where, payload);
     case Opcode::kClear:
       return DecodeAs<ClearReply, Reply>(where, payload);
+    case Opcode::kReadObjects:
+      return DecodeAs<ReadObjectsReply, Reply>(where, payload);
     case Opcode::kInvalid:
       break;
   }
@@ -1138,6 +1212,8 @@ size_t ReplyIndexFor(Opcode opcode) {
       return ReplyIndex<PingReply>();
     case Opcode::kClear:
       return ReplyIndex<ClearReply>();
+    case Opcode::kReadObjects:
+      return ReplyIndex<ReadObjectsReply>();
     case Opcode::kInvalid:
       break;
   }
@@ -1236,6 +1312,8 @@ Result<Request> DecodeRequest(const Header& header, std::span<const uint8_t> pay
       return DecodeAs<ClearRequest, Request>(where, payload);
     case Opcode::kNoop:
       return DecodeAs<NoopRequest, Request>(where, payload);
+    case Opcode::kReadObjects:
+      return DecodeAs<ReadObjectsRequest, Request>(where, payload);
     case Opcode::kInvalid:
       break;
   }
@@ -1252,6 +1330,10 @@ Frames EncodeReply(Opcode opcode, uint64_t request_id, const Reply& reply) {
                           .opcode = opcode,
                           .request_id = request_id});
   frames.payload = std::visit([](const auto& r) { return EncodePayload(r); }, reply);
+  if (const auto* read = std::get_if<ReadObjectsReply>(&reply)) {
+    frames.extra = read->objects;
+    frames.hold = read->hold;
+  }
   return frames;
 }
 

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -24,15 +25,20 @@ inline constexpr size_t kMaxBlockIds = 1u << 20;       // block ids in one reque
 inline constexpr size_t kMaxStringLength = 4096;       // any string field
 inline constexpr size_t kMaxLayers = 4096;             // layer_offsets
 inline constexpr size_t kMaxPayloadBytes = 64u << 20;  // frame 2
+inline constexpr size_t kMaxReadObjectsKeys = 4096;    // keys in one READ_OBJECTS
 
 // The 16-byte header frame.
 std::vector<uint8_t> EncodeHeader(const Header& h);
 Result<Header> DecodeHeader(std::span<const uint8_t> frame);
 
-// One request: {header frame, payload frame}.
+// One message: {header frame, payload frame}, and for a READ_OBJECTS reply one more frame per
+// object found (`extra`, pointing at bytes `hold` keeps valid: senders send them without
+// copying and drop `hold` once the frames are gone).
 struct Frames {
   std::vector<uint8_t> header;
   std::vector<uint8_t> payload;
+  std::vector<std::span<const uint8_t>> extra;
+  std::shared_ptr<const void> hold;
 };
 
 Frames EncodeRequest(uint64_t request_id, const Request& request);

@@ -39,6 +39,7 @@ constexpr Opcode kAllOpcodes[] = {
     Opcode::kPing,
     Opcode::kClear,
     Opcode::kNoop,
+    Opcode::kReadObjects,
 };
 
 Value Str(std::string s) { return Value::Str(std::move(s)); }
@@ -62,6 +63,10 @@ Value ValidLayout() {
   l.Set("dtype", Str("bf16")).Set("format", Str("kv_nhd"));
   l.Set("layer_offsets", Value::List({Uint(0), Uint(4096)}));
   return l;
+}
+
+std::string ValidObjectKeyText() {
+  return "m@w1r0@g0@" + std::string(64, 'a');
 }
 
 Value ValidPayload(Opcode op) {
@@ -94,6 +99,9 @@ Value ValidPayload(Opcode op) {
     case Opcode::kRetrieve:
       v.Set("instance_id", Str("i")).Set("key", ValidKey(true));
       v.Set("block_ids", Value::List({Uint(1), Uint(2)}));
+      break;
+    case Opcode::kReadObjects:
+      v.Set("keys", Value::List({Str(ValidObjectKeyText())})).Set("max_bytes", Uint(1));
       break;
     default:
       break;
@@ -137,7 +145,9 @@ TEST(MessagesTest, OpcodeNamesAndPools) {
   EXPECT_STREQ(OpcodeName(static_cast<Opcode>(99)), "INVALID");
   for (Opcode op : kAllOpcodes) {
     EXPECT_STRNE(OpcodeName(op), "INVALID");
-    EXPECT_EQ(IsTransfer(op), op == Opcode::kStore || op == Opcode::kRetrieve) << OpcodeName(op);
+    EXPECT_EQ(IsTransfer(op),
+              op == Opcode::kStore || op == Opcode::kRetrieve || op == Opcode::kReadObjects)
+        << OpcodeName(op);
   }
 }
 
@@ -254,7 +264,7 @@ TEST(HeaderTest, Errors) {
   ExpectProtocolError(DecodeHeader(with(7, 0x80)), "reserved");
 
   ExpectError(DecodeHeader(with(4, 0)), StatusCode::kUnknownOpcode, "unknown opcode 0");
-  ExpectError(DecodeHeader(with(4, 16)), StatusCode::kUnknownOpcode, "unknown opcode 16");
+  ExpectError(DecodeHeader(with(4, 17)), StatusCode::kUnknownOpcode, "unknown opcode 17");
   ExpectError(DecodeHeader(with(5, 1)), StatusCode::kUnknownOpcode, "unknown opcode 269");
   // Opcode 0 in a reply is only for error replies.
   std::vector<uint8_t> reply0 = with(4, 0);
@@ -262,9 +272,9 @@ TEST(HeaderTest, Errors) {
   ExpectProtocolError(DecodeHeader(reply0), "opcode 0");
   reply0[3] = kFlagReply | kFlagError;
   EXPECT_TRUE(DecodeHeader(reply0).has_value());
-  std::vector<uint8_t> reply16 = with(4, 16);
-  reply16[3] = kFlagReply;
-  ExpectError(DecodeHeader(reply16), StatusCode::kUnknownOpcode, "unknown opcode 16");
+  std::vector<uint8_t> reply17 = with(4, 17);
+  reply17[3] = kFlagReply;
+  ExpectError(DecodeHeader(reply17), StatusCode::kUnknownOpcode, "unknown opcode 17");
 }
 
 TEST(DecodeRequestTest, HeaderMustBeARequest) {
@@ -280,9 +290,72 @@ TEST(DecodeRequestTest, HeaderMustBeARequest) {
               StatusCode::kUnsupportedVersion, "version 2");
   ExpectError(DecodeRequest(Header{.opcode = Opcode::kInvalid}, payload),
               StatusCode::kUnknownOpcode, "opcode 0");
-  ExpectError(DecodeRequest(Header{.opcode = static_cast<Opcode>(16)}, payload),
-              StatusCode::kUnknownOpcode, "opcode 16");
+  ExpectError(DecodeRequest(Header{.opcode = static_cast<Opcode>(17)}, payload),
+              StatusCode::kUnknownOpcode, "opcode 17");
   EXPECT_TRUE(DecodeRequest(Header{.opcode = Opcode::kNoop}, payload).has_value());
+}
+
+// ---- READ_OBJECTS ----
+
+TEST(ReadObjectsTest, RequestDecodesKeysAndBudget) {
+  auto r = Decode(Opcode::kReadObjects, ValidPayload(Opcode::kReadObjects));
+  ASSERT_TRUE(r.has_value()) << r.error().ToString();
+  const auto& read = std::get<ReadObjectsRequest>(*r);
+  EXPECT_EQ(read.keys, std::vector<std::string>{ValidObjectKeyText()});
+  EXPECT_EQ(read.max_bytes, 1u);
+}
+
+TEST(ReadObjectsTest, HostileRequestsAreClearErrors) {
+  auto with = [](const char* field, Value value) {
+    return Decode(Opcode::kReadObjects, ValidPayload(Opcode::kReadObjects).Set(field, value));
+  };
+  ExpectProtocolError(
+      Decode(Opcode::kReadObjects, Value::Object().Set("max_bytes", Uint(1))),
+      "missing required field 'keys'");
+  ExpectProtocolError(with("keys", Str("k")), "field 'keys' must be an array of object keys");
+  ExpectProtocolError(with("keys", Value::List({})), "field 'keys' must not be empty");
+  ExpectProtocolError(with("keys", Value::List({Uint(3)})), "field 'keys[0]' must be str");
+  ExpectProtocolError(with("keys", Value::List({Str(ValidObjectKeyText()), Str("nope")})),
+                      "field 'keys[1]' is not an object key");
+  ExpectProtocolError(with("keys", Value::List({Str(std::string(kMaxStringLength + 1, 'm'))})),
+                      "field 'keys[0]' is 4097 bytes");
+  std::vector<Value> many(kMaxReadObjectsKeys + 1, Str(ValidObjectKeyText()));
+  ExpectProtocolError(with("keys", Value::List(many)), "has 4097 elements, the limit is 4096");
+  ExpectProtocolError(with("max_bytes", Uint(0)), "field 'max_bytes' must be in [1,");
+  ExpectProtocolError(
+      Decode(Opcode::kReadObjects, Value::Object().Set("keys", Value::List({Str(
+                                                                    ValidObjectKeyText())}))),
+      "missing required field 'max_bytes'");
+}
+
+TEST(ReadObjectsTest, HostileReplies) {
+  const Header h{.flags = kFlagReply, .opcode = Opcode::kReadObjects, .request_id = 1};
+  ExpectProtocolError(DecodeReply(h, Value::Object().Pack()), "missing required field 'found'");
+  ExpectProtocolError(DecodeReply(h, Value::Object().Set("found", Uint(1)).Pack()),
+                      "must be an array of bools");
+  ExpectProtocolError(
+      DecodeReply(h, Value::Object().Set("found", Value::List({Value::Bool(true), Uint(1)})).Pack()),
+      "field 'found[1]' must be a bool");
+}
+
+TEST(ReadObjectsTest, ObjectsTravelAsExtraFrames) {
+  const std::vector<uint8_t> a{1, 2, 3}, b{4, 5};
+  auto hold = std::make_shared<int>(7);
+  ReadObjectsReply reply{{true, false, true}, {a, b}, hold};
+  const Frames frames = EncodeReply(Opcode::kReadObjects, 9, reply);
+  ASSERT_EQ(frames.extra.size(), 2u);
+  EXPECT_EQ(frames.extra[0].data(), a.data());  // not copied
+  EXPECT_EQ(frames.extra[1].data(), b.data());
+  EXPECT_EQ(frames.hold, hold);
+  auto header = DecodeHeader(frames.header);
+  ASSERT_TRUE(header.has_value());
+  auto back = DecodeReply(*header, frames.payload);
+  ASSERT_TRUE(back.has_value()) << back.error().ToString();
+  const auto& decoded = std::get<ReadObjectsReply>(*back);
+  EXPECT_EQ(decoded.found, (std::vector<bool>{true, false, true}));
+  EXPECT_TRUE(decoded.objects.empty());  // the frames are attached by the receiver
+  // Other replies carry no extra frames.
+  EXPECT_TRUE(EncodeReply(Opcode::kNoop, 1, EmptyReply{}).extra.empty());
 }
 
 // ---- Round trips ----
@@ -920,8 +993,8 @@ TEST(DecodeReplyTest, Errors) {
               StatusCode::kUnsupportedVersion, "version 3");
   ExpectProtocolError(DecodeReply(Header{.flags = kFlagReply, .opcode = Opcode::kInvalid}, ping),
                       "opcode 0");
-  ExpectError(DecodeReply(Header{.flags = kFlagReply, .opcode = static_cast<Opcode>(16)}, ping),
-              StatusCode::kUnknownOpcode, "16");
+  ExpectError(DecodeReply(Header{.flags = kFlagReply, .opcode = static_cast<Opcode>(17)}, ping),
+              StatusCode::kUnknownOpcode, "17");
   ExpectProtocolError(
       DecodeReply(Header{.flags = kFlagReply, .opcode = Opcode::kPing}, Value::Object().Pack()),
       "PING reply: missing required field 'ok'");

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kvtier/common/check.h"
+#include "kvtier/keys/object_key.h"
 #include "kvtier/protocol/codec.h"
 #include "kvtier/protocol/messages.h"
 
@@ -103,6 +104,19 @@ class MessageGenerator {
     return Bytes<kCudaIpcHandleBytes>();
   }
 
+  // An ObjectKey's text form (ReadObjectsRequest::keys).
+  std::string ObjectKeyText() {
+    keys::ChunkHash hash;
+    for (uint8_t& b : hash.bytes) b = static_cast<uint8_t>(Uint(0, 255));
+    const auto world = static_cast<uint16_t>(Uint(1, 8));
+    const auto rank = static_cast<uint16_t>(Uint(0, world - 1u));
+    const std::string salt = Bool() ? String(0, 32, std::string_view("@/\\\0", 4)) : "";
+    auto key = keys::ObjectKey::Create(hash, Model(), keys::KvRank{world, rank},
+                                       static_cast<uint32_t>(AnyUint(UINT32_MAX)), salt);
+    KVT_CHECK(key.has_value());
+    return key->ToString();
+  }
+
   Request MakeRequest(Opcode op) {
     switch (op) {
       case Opcode::kHello:
@@ -156,6 +170,13 @@ class MessageGenerator {
         return ClearRequest{Bool()};
       case Opcode::kNoop:
         return NoopRequest{};
+      case Opcode::kReadObjects: {
+        ReadObjectsRequest r;
+        r.keys.resize(Uint(1, 40));
+        for (std::string& k : r.keys) k = ObjectKeyText();
+        r.max_bytes = std::max<uint64_t>(1, AnyUint(UINT64_MAX));
+        return r;
+      }
       case Opcode::kInvalid:
         break;
     }
@@ -194,6 +215,13 @@ class MessageGenerator {
         return PingReply{Bool()};
       case Opcode::kClear:
         return ClearReply{AnyUint(UINT64_MAX)};
+      case Opcode::kReadObjects: {
+        // The payload only: the objects travel as extra frames, not through the codec.
+        ReadObjectsReply r;
+        r.found.resize(Uint(0, 300));
+        for (size_t i = 0; i < r.found.size(); ++i) r.found[i] = Bool();
+        return r;
+      }
       case Opcode::kInvalid:
         break;
     }
@@ -263,6 +291,17 @@ inline Request SampleRequest(Opcode op) {
       return ClearRequest{true};
     case Opcode::kNoop:
       return NoopRequest{};
+    case Opcode::kReadObjects: {
+      keys::ChunkHash hash;
+      for (size_t i = 0; i < hash.bytes.size(); ++i) hash.bytes[i] = static_cast<uint8_t>(i * 7);
+      ReadObjectsRequest r{{}, 64u << 20};
+      for (uint16_t rank = 0; rank < 2; ++rank) {
+        r.keys.push_back(
+            keys::ObjectKey::Create(hash, key.model, keys::KvRank{2, rank}, 0, key.cache_salt)
+                ->ToString());
+      }
+      return r;
+    }
     case Opcode::kInvalid:
       break;
   }
@@ -296,6 +335,8 @@ inline Reply SampleReply(Opcode op) {
       return PingReply{true};
     case Opcode::kClear:
       return ClearReply{12};
+    case Opcode::kReadObjects:
+      return ReadObjectsReply{{true, false}, {}, nullptr};
     default:
       return EmptyReply{};
   }

@@ -1,5 +1,6 @@
 #include "kvtier/protocol/messages.h"
 
+#include <algorithm>
 #include <array>
 #include <utility>
 
@@ -57,13 +58,25 @@ const char* OpcodeName(Opcode op) {
       return "CLEAR";
     case Opcode::kNoop:
       return "NOOP";
+    case Opcode::kReadObjects:
+      return "READ_OBJECTS";
     case Opcode::kInvalid:
       break;
   }
   return "INVALID";
 }
 
-bool IsTransfer(Opcode op) { return op == Opcode::kStore || op == Opcode::kRetrieve; }
+bool IsTransfer(Opcode op) {
+  return op == Opcode::kStore || op == Opcode::kRetrieve || op == Opcode::kReadObjects;
+}
+
+bool operator==(const ReadObjectsReply& a, const ReadObjectsReply& b) {
+  return a.found == b.found &&
+         std::equal(a.objects.begin(), a.objects.end(), b.objects.begin(), b.objects.end(),
+                    [](std::span<const uint8_t> x, std::span<const uint8_t> y) {
+                      return std::equal(x.begin(), x.end(), y.begin(), y.end());
+                    });
+}
 
 Opcode OpcodeOf(const Request& r) {
   // The variant lists the requests in opcode order, starting at 1.
@@ -71,6 +84,7 @@ Opcode OpcodeOf(const Request& r) {
   static_assert(std::is_same_v<std::variant_alternative_t<0, Request>, HelloRequest>);
   static_assert(std::is_same_v<std::variant_alternative_t<8, Request>, StoreRequest>);
   static_assert(std::is_same_v<std::variant_alternative_t<14, Request>, NoopRequest>);
+  static_assert(std::is_same_v<std::variant_alternative_t<15, Request>, ReadObjectsRequest>);
   return static_cast<Opcode>(r.index() + 1);
 }
 

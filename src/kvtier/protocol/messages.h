@@ -6,7 +6,9 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -39,11 +41,13 @@ enum class Opcode : uint16_t {
   kPing = 13,
   kClear = 14,
   kNoop = 15,
+  kReadObjects = 16,
 };
-inline constexpr uint16_t kMaxOpcode = 15;
+inline constexpr uint16_t kMaxOpcode = 16;
 // "HELLO", "STORE", ...; "INVALID" for anything unknown.
 const char* OpcodeName(Opcode op);
-// STORE and RETRIEVE run on the transfer pool; everything else on the control pool.
+// STORE, RETRIEVE and READ_OBJECTS run on the transfer pool; everything else on the control
+// pool.
 bool IsTransfer(Opcode op);
 
 enum HeaderFlags : uint8_t {
@@ -199,13 +203,20 @@ struct ClearRequest {
 struct NoopRequest {
   friend bool operator==(const NoopRequest&, const NoopRequest&) = default;
 };
+// A peer server (the `peer` L2 adapter) reads whole objects out of this server's L1.
+struct ReadObjectsRequest {
+  std::vector<std::string> keys;  // keys::ObjectKey::ToString() text, each parses back
+  uint64_t max_bytes = 0;         // the reply carries at most this many object bytes
+  friend bool operator==(const ReadObjectsRequest&, const ReadObjectsRequest&) = default;
+};
 
 // In opcode order: the variant index + 1 is the opcode.
 using Request = std::variant<HelloRequest, RegisterKvCacheRequest, UnregisterKvCacheRequest,
                              GetChunkSizeRequest, LookupRequest, QueryPrefetchStatusRequest,
                              WaitPrefetchStatusRequest, QueryPrefetchLookupHitsRequest,
                              StoreRequest, RetrieveRequest, FreeLookupLocksRequest,
-                             EndSessionRequest, PingRequest, ClearRequest, NoopRequest>;
+                             EndSessionRequest, PingRequest, ClearRequest, NoopRequest,
+                             ReadObjectsRequest>;
 Opcode OpcodeOf(const Request& r);
 
 // ---- Replies ---------------------------------------------------------------------------
@@ -268,6 +279,18 @@ struct ClearReply {
   uint64_t cleared = 0;
   friend bool operator==(const ClearReply&, const ClearReply&) = default;
 };
+// READ_OBJECTS. The payload carries `found`; the bytes of each found object follow the payload
+// as one extra frame each, in key order (they are not msgpack).
+struct ReadObjectsReply {
+  std::vector<bool> found;  // one per requested key
+  // The found objects' bytes, in key order (the payload does not carry them: the codec puts
+  // them in Frames::extra). On the server they point into L1, valid while `hold` lives (it
+  // holds the read locks); on a client they point into the received frames, held by `hold`.
+  std::vector<std::span<const uint8_t>> objects;
+  std::shared_ptr<const void> hold;
+  // Equal when `found` and every object's bytes are equal (`hold` is not compared).
+  friend bool operator==(const ReadObjectsReply& a, const ReadObjectsReply& b);
+};
 struct ErrorReply {
   StatusCode code = StatusCode::kInternal;
   std::string message;
@@ -278,6 +301,6 @@ struct ErrorReply {
 using Reply =
     std::variant<HelloReply, RegisterKvCacheReply, EmptyReply, ChunkSizeReply, PrefetchStatusReply,
                  LookupHitsReply, StoreReply, RetrieveReply, FreeLookupLocksReply, EndSessionReply,
-                 PingReply, ClearReply, ErrorReply>;
+                 PingReply, ClearReply, ErrorReply, ReadObjectsReply>;
 
 }  // namespace kvtier::protocol

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kvtier/common/logging.h"
+#include "kvtier/protocol/codec.h"
 
 namespace kvtier::server {
 
@@ -122,6 +123,8 @@ Reply Engine::HandleSync(const protocol::Request& request) {
           return protocol::PingReply{true};
         } else if constexpr (std::is_same_v<T, protocol::ClearRequest>) {
           return protocol::ClearReply{storage_->ClearL1(r.force)};
+        } else if constexpr (std::is_same_v<T, protocol::ReadObjectsRequest>) {
+          return ReadObjects(r);
         } else {
           static_assert(std::is_same_v<T, protocol::NoopRequest>);
           return protocol::EmptyReply{};
@@ -627,6 +630,75 @@ void Engine::Shutdown() {
   for (auto& session : sessions_.RemoveAll()) ReleaseLookup(session->ReplaceLookup(std::nullopt));
 }
 
+namespace {
+
+// The L1 read locks behind a READ_OBJECTS reply's views; released when the reply's frames are
+// gone (the transport drops its last reference after sending).
+class ReadObjectsHold {
+ public:
+  ReadObjectsHold(l1::L1Manager* l1, std::vector<keys::ObjectKey> keys)
+      : l1_(l1), keys_(std::move(keys)) {}
+  ~ReadObjectsHold() {
+    if (!keys_.empty()) l1_->FinishRead(keys_, 1);
+  }
+  ReadObjectsHold(const ReadObjectsHold&) = delete;
+  ReadObjectsHold& operator=(const ReadObjectsHold&) = delete;
+
+ private:
+  l1::L1Manager* const l1_;
+  const std::vector<keys::ObjectKey> keys_;
+};
+
+}  // namespace
+
+// Only L1: a key being prefetched from L2, or only in L2, is not found (a peer never waits on
+// this server's disks). Objects are returned in key order while they fit in the byte budget;
+// one that does not fit is not found (the caller asks again for what it still needs).
+Reply Engine::ReadObjects(const protocol::ReadObjectsRequest& r) {
+  counters_.read_objects.fetch_add(1, std::memory_order_relaxed);
+  counters_.read_objects_keys.fetch_add(r.keys.size(), std::memory_order_relaxed);
+  if (r.keys.empty() || r.keys.size() > protocol::kMaxReadObjectsKeys) {
+    return Err(Status::InvalidArgument(fmt::format("READ_OBJECTS: {} keys (allowed: 1..{})",
+                                                   r.keys.size(),
+                                                   protocol::kMaxReadObjectsKeys)));
+  }
+  std::vector<keys::ObjectKey> object_keys;
+  object_keys.reserve(r.keys.size());
+  for (size_t i = 0; i < r.keys.size(); ++i) {
+    Result<keys::ObjectKey> key = keys::ObjectKey::Parse(r.keys[i]);
+    if (!key) {
+      return Err(Status::InvalidArgument(fmt::format(
+          "READ_OBJECTS: keys[{}] is not an object key: {}", i, key.error().message())));
+    }
+    object_keys.push_back(*key);
+  }
+  std::vector<l1::ObjectView> views;
+  const std::vector<l1::L1Result> results = storage_->l1().ReserveRead(object_keys, 1, &views);
+  const uint64_t budget = std::min(r.max_bytes, options_.max_read_objects_bytes);
+  uint64_t total = 0;
+  protocol::ReadObjectsReply out;
+  out.found.assign(object_keys.size(), false);
+  std::vector<keys::ObjectKey> held, unused;
+  for (size_t i = 0; i < object_keys.size(); ++i) {
+    if (results[i] != l1::L1Result::kSuccess) continue;
+    if (views[i].size > budget - total) {
+      unused.push_back(object_keys[i]);
+      continue;
+    }
+    total += views[i].size;
+    out.found[i] = true;
+    out.objects.emplace_back(views[i].data, views[i].size);
+    held.push_back(object_keys[i]);
+  }
+  if (!unused.empty()) storage_->l1().FinishRead(unused, 1);
+  counters_.read_objects_found.fetch_add(held.size(), std::memory_order_relaxed);
+  counters_.read_objects_bytes.fetch_add(total, std::memory_order_relaxed);
+  if (!held.empty()) {
+    out.hold = std::make_shared<const ReadObjectsHold>(&storage_->l1(), std::move(held));
+  }
+  return out;
+}
+
 nlohmann::json Engine::StatusJson() const {
   size_t waits;
   {
@@ -650,6 +722,10 @@ nlohmann::json Engine::StatusJson() const {
             {"retrieves", c.retrieves.load()},
             {"retrieved_chunks", c.retrieved_chunks.load()},
             {"retrieve_failures", c.retrieve_failures.load()},
+            {"read_objects", c.read_objects.load()},
+            {"read_objects_keys", c.read_objects_keys.load()},
+            {"read_objects_found", c.read_objects_found.load()},
+            {"read_objects_bytes", c.read_objects_bytes.load()},
             {"sessions_ended", c.sessions_ended.load()},
             {"sessions_expired", c.sessions_expired.load()},
             {"workers_reaped", c.workers_reaped.load()},

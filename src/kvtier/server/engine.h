@@ -1,5 +1,9 @@
 // Engine: the server's request handlers, independent of any transport.
 //
+// READ_OBJECTS (peer fetch) replies with views into L1 under read locks that the reply's
+// `hold` releases when it is dropped (after the transport sent the frames): the StorageManager
+// must outlive every such reply.
+//
 // A decoded request goes in, a reply comes out (WAIT_PREFETCH_STATUS may answer later, through
 // a callback). Everything is thread-safe: the transport calls Handle from its control and
 // transfer pools concurrently. No handler blocks on I/O except the host copies of STORE and
@@ -30,6 +34,8 @@ namespace kvtier::server {
 
 struct EngineOptions {
   uint32_t chunk_size = keys::kDefaultChunkSize;
+  // READ_OBJECTS: object bytes in one reply at most, whatever the request's max_bytes.
+  uint64_t max_read_objects_bytes = 1ull << 30;
   keys::HashAlgorithm hash = keys::HashAlgorithm::kSha256;
   std::string server_id;
   std::string server_version;
@@ -45,6 +51,8 @@ struct EngineCounters {
   std::atomic<uint64_t> stores{0}, stored_chunks{0}, store_present_chunks{0},
       store_failed_chunks{0};
   std::atomic<uint64_t> retrieves{0}, retrieved_chunks{0}, retrieve_failures{0};
+  std::atomic<uint64_t> read_objects{0}, read_objects_keys{0}, read_objects_found{0},
+      read_objects_bytes{0};
   std::atomic<uint64_t> sessions_ended{0}, sessions_expired{0}, workers_reaped{0};
   std::atomic<uint64_t> errors{0};
 };
@@ -94,6 +102,7 @@ class Engine {
   protocol::Reply Retrieve(const protocol::RetrieveRequest& r);
   protocol::Reply FreeLookupLocks(const protocol::FreeLookupLocksRequest& r);
   protocol::Reply EndSession(const protocol::EndSessionRequest& r);
+  protocol::Reply ReadObjects(const protocol::ReadObjectsRequest& r);
 
   // The validated chunk range [first, end) of a key.
   struct Range {

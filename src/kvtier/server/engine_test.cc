@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include "kvtier/common/units.h"
+#include "kvtier/protocol/codec.h"
 
 namespace kvtier::server {
 namespace {
@@ -467,6 +468,89 @@ TEST_F(EngineTest, ClearEmptiesL1) {
   EXPECT_EQ(
       Expect<protocol::ClearReply>(engine_->HandleSync(protocol::ClearRequest{false})).cleared, 2u);
   EXPECT_EQ(storage_->l1().used_bytes(), 0u);
+}
+
+// ---- READ_OBJECTS (peer fetch) ----
+
+keys::ObjectKey PeerKey(uint8_t n) {
+  keys::ChunkHash hash;
+  hash.bytes.fill(n);
+  return keys::ObjectKey::Create(hash, "m", keys::KvRank{1, 0}, 0).value();
+}
+
+// Puts objects of `size` bytes (byte j of object i: i * 31 + j) into L1.
+std::vector<std::vector<uint8_t>> PutObjects(storage::StorageManager& storage,
+                                             const std::vector<keys::ObjectKey>& keys,
+                                             uint64_t size) {
+  std::vector<l1::ObjectView> views;
+  auto reserved = storage.ReserveWrite(keys, size, &views);
+  std::vector<std::vector<uint8_t>> contents;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    EXPECT_EQ(reserved[i], l1::L1Result::kSuccess);
+    std::vector<uint8_t> bytes(size);
+    for (uint64_t j = 0; j < size; ++j) bytes[j] = static_cast<uint8_t>(i * 31 + j);
+    std::memcpy(views[i].data, bytes.data(), size);
+    contents.push_back(std::move(bytes));
+  }
+  for (l1::L1Result r : storage.FinishWrite(keys)) EXPECT_EQ(r, l1::L1Result::kSuccess);
+  return contents;
+}
+
+TEST_F(EngineTest, ReadObjectsReturnsL1ObjectsBitwiseUnderReadLocks) {
+  const std::vector<keys::ObjectKey> held = {PeerKey(1), PeerKey(2)};
+  const auto contents = PutObjects(*storage_, held, kObjectSize);
+  protocol::ReadObjectsRequest request;
+  request.keys = {held[0].ToString(), PeerKey(9).ToString(), held[1].ToString()};
+  request.max_bytes = 1ull << 30;
+  {
+    Reply r = engine_->HandleSync(request);
+    const auto read = Expect<protocol::ReadObjectsReply>(r);
+    EXPECT_EQ(read.found, (std::vector<bool>{true, false, true}));
+    ASSERT_EQ(read.objects.size(), 2u);
+    EXPECT_TRUE(std::equal(read.objects[0].begin(), read.objects[0].end(), contents[0].begin(),
+                           contents[0].end()));
+    EXPECT_TRUE(std::equal(read.objects[1].begin(), read.objects[1].end(), contents[1].begin(),
+                           contents[1].end()));
+    ASSERT_NE(read.hold, nullptr);
+    // The objects stay read-locked (not evictable) while the reply lives.
+    EXPECT_EQ(storage_->l1().GetStatus().read_locked_objects, 2u);
+  }
+  EXPECT_EQ(storage_->l1().GetStatus().read_locked_objects, 0u);
+  EXPECT_EQ(engine_->counters().read_objects_found.load(), 2u);
+  EXPECT_EQ(engine_->counters().read_objects_bytes.load(), 2 * kObjectSize);
+}
+
+TEST_F(EngineTest, ReadObjectsEnforcesTheByteBudget) {
+  const std::vector<keys::ObjectKey> held = {PeerKey(1), PeerKey(2), PeerKey(3)};
+  PutObjects(*storage_, held, kObjectSize);
+  protocol::ReadObjectsRequest request;
+  for (const auto& k : held) request.keys.push_back(k.ToString());
+  request.max_bytes = 2 * kObjectSize + 1;  // two fit, the third does not
+  {
+    Reply r = engine_->HandleSync(request);
+    const auto read = Expect<protocol::ReadObjectsReply>(r);
+    EXPECT_EQ(read.found, (std::vector<bool>{true, true, false}));
+    EXPECT_EQ(read.objects.size(), 2u);
+    EXPECT_EQ(storage_->l1().GetStatus().read_locked_objects, 2u);  // the third was released
+  }
+  request.max_bytes = 1;
+  Reply none = engine_->HandleSync(request);
+  EXPECT_EQ(Expect<protocol::ReadObjectsReply>(none).found, (std::vector<bool>(3, false)));
+  EXPECT_EQ(storage_->l1().GetStatus().read_locked_objects, 0u);
+}
+
+TEST_F(EngineTest, ReadObjectsRejectsBadRequests) {
+  protocol::ReadObjectsRequest bad_key{{PeerKey(1).ToString(), "not-a-key"}, 100};
+  Reply r = engine_->HandleSync(bad_key);
+  ASSERT_TRUE(std::holds_alternative<protocol::ErrorReply>(r));
+  EXPECT_EQ(std::get<protocol::ErrorReply>(r).code, StatusCode::kInvalidArgument);
+  EXPECT_NE(std::get<protocol::ErrorReply>(r).message.find("keys[1]"), std::string::npos);
+
+  protocol::ReadObjectsRequest empty{{}, 100};
+  EXPECT_TRUE(std::holds_alternative<protocol::ErrorReply>(engine_->HandleSync(empty)));
+  protocol::ReadObjectsRequest too_many{
+      std::vector<std::string>(protocol::kMaxReadObjectsKeys + 1, PeerKey(1).ToString()), 100};
+  EXPECT_TRUE(std::holds_alternative<protocol::ErrorReply>(engine_->HandleSync(too_many)));
 }
 
 }  // namespace

@@ -134,6 +134,9 @@ void Transport::Stop() {
   state_->stop.store(true);
   state_->wake.Signal();
   io_.join();
+  // Waits (up to the linger) until ZMQ released every frame it still held: a READ_OBJECTS
+  // frame's holder must not outlive the server's storage.
+  state_->context.close();
 }
 
 void Transport::Loop(zmq::socket_t& socket) {
@@ -143,7 +146,21 @@ void Transport::Loop(zmq::socket_t& socket) {
       try {
         socket.send(zmq::buffer(out.identity), zmq::send_flags::sndmore);
         socket.send(zmq::buffer(out.frames.header), zmq::send_flags::sndmore);
-        socket.send(zmq::buffer(out.frames.payload), zmq::send_flags::none);
+        const std::vector<std::span<const uint8_t>>& extra = out.frames.extra;
+        socket.send(zmq::buffer(out.frames.payload),
+                    extra.empty() ? zmq::send_flags::none : zmq::send_flags::sndmore);
+        // READ_OBJECTS: one frame per object, sent from where it lies (no copy); each frame
+        // keeps the bytes' holder (L1 read locks) until ZMQ is done with it.
+        for (size_t i = 0; i < extra.size(); ++i) {
+          auto keep = std::make_unique<std::shared_ptr<const void>>(out.frames.hold);
+          zmq::message_t part(
+              const_cast<uint8_t*>(extra[i].data()), extra[i].size(),
+              [](void*, void* hint) { delete static_cast<std::shared_ptr<const void>*>(hint); },
+              keep.get());
+          keep.release();  // the message owns it now
+          socket.send(part, i + 1 < extra.size() ? zmq::send_flags::sndmore
+                                                 : zmq::send_flags::none);
+        }
         counters_.replies.fetch_add(1, std::memory_order_relaxed);
       } catch (const zmq::error_t& e) {
         counters_.send_failures.fetch_add(1, std::memory_order_relaxed);
