@@ -59,13 +59,14 @@ struct SegmentPos {
 };
 [[gnu::always_inline]] inline SegmentPos SegmentOf(uint32_t index) {
   if (index < kDoublingEntries) {
-    const auto s = static_cast<uint32_t>(std::bit_width((index >> kFirstSegmentShift) + 1)) - 1;
-    return {s, index - (((1u << s) - 1) << kFirstSegmentShift)};
+    // (index >> 10) + 1 is in [1, 63]: its highest bit is the segment, 0..5.
+    const auto s = static_cast<uint32_t>(std::bit_width((index >> kFirstSegmentShift) + 1) - 1);
+    return {s, index - (((1u << (s & 31)) - 1) << kFirstSegmentShift)};
   }
   const uint32_t rest = index - kDoublingEntries;
   return {kDoublingSegments + (rest >> kBigSegmentShift), rest & ((1u << kBigSegmentShift) - 1)};
 }
-uint32_t SegmentEntries(uint32_t segment) {
+inline uint32_t SegmentEntries(uint32_t segment) {
   return 1u << (segment < kDoublingSegments ? kFirstSegmentShift + segment : kBigSegmentShift);
 }
 
@@ -75,7 +76,7 @@ struct FreeWords {
   void operator()(std::atomic<uint64_t>* p) const { std::free(p); }
 };
 using WordArray = std::unique_ptr<std::atomic<uint64_t>[], FreeWords>;
-WordArray AllocateWords(size_t n) {
+inline WordArray AllocateWords(size_t n) {
   const size_t align = n * sizeof(uint64_t) >= kHugePage ? kHugePage : 64;
   const size_t bytes = (n * sizeof(uint64_t) + align - 1) / align * align;
   void* p = std::aligned_alloc(align, bytes);
@@ -90,7 +91,7 @@ struct KeyWords {
   uint64_t w[6];  // w[5]: the object group only
 };
 
-KeyWords ToWords(const ObjectKey& key) {
+inline KeyWords ToWords(const ObjectKey& key) {
   KeyWords k;
   std::memcpy(k.w, key.chunk_hash().bytes.data(), keys::kChunkHashBytes);
   k.w[kNsRank] = uint64_t{key.namespace_id()} | uint64_t{key.kv_rank().Packed()} << 32;
@@ -98,11 +99,11 @@ KeyWords ToWords(const ObjectKey& key) {
   return k;
 }
 
-ObjectKey FromWords(const Word* e) {
+inline ObjectKey FromWords(const Word* e) {
   keys::ChunkHash hash;
   for (int i = 0; i < 4; ++i) {
     const uint64_t w = e[i].load(kRelaxed);
-    std::memcpy(hash.bytes.data() + i * 8, &w, 8);
+    std::memcpy(hash.bytes.data() + static_cast<size_t>(i) * 8, &w, 8);
   }
   const uint64_t ns_rank = e[kNsRank].load(kRelaxed);
   auto key = ObjectKey::Create(hash, static_cast<keys::NamespaceId>(ns_rank),
@@ -119,19 +120,21 @@ ObjectKey FromWords(const Word* e) {
          static_cast<uint32_t>(e[kGroupCount].load(kRelaxed)) == k.w[kGroupCount];
 }
 
-uint32_t HolderCount(const Word* e) {
+inline uint32_t HolderCount(const Word* e) {
   return static_cast<uint32_t>(e[kGroupCount].load(kRelaxed) >> 32);
 }
-Holder InlineHolder(const Word* e, uint32_t k) {
+inline Holder InlineHolder(const Word* e, uint32_t k) {
   const uint64_t w = e[kInline + k / 2].load(kRelaxed);
   return static_cast<Holder>(k % 2 == 0 ? w : w >> 32);
 }
 
 // A slot: the key hash's low 32 bits (the probe start and a filter) and entry index + 1 (0 is
 // an empty slot).
-uint64_t SlotValue(uint32_t h32, uint32_t index) { return uint64_t{h32} << 32 | (index + 1); }
-uint32_t SlotHash(uint64_t v) { return static_cast<uint32_t>(v >> 32); }
-uint32_t SlotIndex(uint64_t v) { return static_cast<uint32_t>(v) - 1; }
+inline uint64_t SlotValue(uint32_t h32, uint32_t index) {
+  return uint64_t{h32} << 32 | (index + 1);
+}
+inline uint32_t SlotHash(uint64_t v) { return static_cast<uint32_t>(v >> 32); }
+inline uint32_t SlotIndex(uint64_t v) { return static_cast<uint32_t>(v) - 1; }
 
 struct Table {
   explicit Table(uint64_t n) : mask(n - 1), slots(AllocateWords(n)) {}
@@ -139,7 +142,7 @@ struct Table {
   const WordArray slots;
 };
 
-void CpuRelax() {
+inline void CpuRelax() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();
 #endif
