@@ -5,6 +5,7 @@
 #include "kvtier/l2/fault_inject_adapter.h"
 #include "kvtier/l2/fs/fs_adapter.h"
 #include "kvtier/l2/mock_adapter.h"
+#include "kvtier/l2/peer/peer_adapter.h"
 #include "kvtier/l2/redis/redis_adapter.h"
 
 namespace kvtier::l2 {
@@ -40,6 +41,10 @@ const std::vector<AdapterType>& AdapterTypes() {
        "command_timeout, reconnect_backoff_min, reconnect_backoff_max, max_value_size, key_prefix, "
        "max_capacity, checksum",
        MakeRedisAdapter},
+      {"peer",
+       "read-only: fetches chunks other servers of the cluster hold (peer fetch): controller "
+       "(required), instance_id (required), controller_timeout, peer_timeout, max_peers",
+       MakePeerAdapter},
   };
   return kTypes;
 }
