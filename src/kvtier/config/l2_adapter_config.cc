@@ -9,6 +9,7 @@
 #include "kvtier/eviction/policy.h"
 #include "kvtier/l2/factory.h"
 #include "kvtier/l2/fs/fs_adapter.h"
+#include "kvtier/l2/peer/peer_adapter.h"
 #include "kvtier/l2/redis/redis_adapter.h"
 #include "kvtier/storage/l2_eviction_controller.h"
 
@@ -69,6 +70,11 @@ Result<std::optional<uint64_t>> CheckAdapter(const nlohmann::json& config, size_
     KVT_ASSIGN_OR_RETURN(l2::RedisAdapterOptions o,
                          l2::RedisAdapterOptions::FromJson(settings, name));
     capacity = o.max_capacity;
+  } else if (type == "peer") {
+    // No capacity: a peer tier stores nothing (an "eviction" block is refused below).
+    KVT_ASSIGN_OR_RETURN(l2::PeerAdapterOptions o,
+                         l2::PeerAdapterOptions::FromJson(settings, name));
+    (void)o;
   } else if (type == "fault_inject") {
     // The inner config is checked like any other (it may be an fs or redis adapter); the
     // wrapper's own settings are checked at start.

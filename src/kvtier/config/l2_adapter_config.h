@@ -17,14 +17,14 @@
 namespace kvtier::config {
 
 // Checks one adapter config as the factory and StorageManager would at start, building nothing
-// (no disk, network or thread is touched): "fs" and "redis" settings go through their parsers
-// (l2::ParseFsAdapterConfig, l2::RedisAdapterOptions::FromJson, which reads
-// $KVT_REDIS_PASSWORD); a "fault_inject" adapter's "inner" config is checked the same way,
-// recursively. The "eviction" block is parsed and its policy name checked, and an adapter whose
-// capacity is known must have one. `index` is the adapter's position in the list (its default
-// name is "<type><index>"). The type must be one the factory knows; the settings of types
-// without a parser that builds nothing ("mock", a fault_inject's own rates) are checked when
-// the server starts.
+// (no disk, network or thread is touched): "fs", "redis" and "peer" settings go through their
+// parsers (l2::ParseFsAdapterConfig, l2::RedisAdapterOptions::FromJson, which reads
+// $KVT_REDIS_PASSWORD, l2::PeerAdapterOptions::FromJson); a "fault_inject" adapter's "inner" config
+// is checked the same way, recursively. The "eviction" block is parsed and its policy name checked,
+// and an adapter whose capacity is known must have one. `index` is the adapter's position in the
+// list (its default name is "<type><index>"). The type must be one the factory knows; the settings
+// of types without a parser that builds nothing ("mock", a fault_inject's own rates) are checked
+// when the server starts.
 Status ValidateL2AdapterConfig(const nlohmann::json& config, size_t index);
 
 // The name the factory gives the adapter: its "name", or "<type><index>".

@@ -41,6 +41,10 @@ TEST_F(L2AdapterConfigTest, AcceptsEveryTypeWithoutIo) {
                                       0)
                   .ok());
   EXPECT_TRUE(ValidateL2AdapterConfig({{"type", "mock"}, {"capacity", "64MiB"}}, 0).ok());
+  // Nothing listens on port 1; validation does not connect.
+  EXPECT_TRUE(ValidateL2AdapterConfig(
+                  {{"type", "peer"}, {"controller", "tcp://127.0.0.1:1"}, {"instance_id", "a"}}, 0)
+                  .ok());
   EXPECT_TRUE(ValidateL2AdapterConfig(
                   {{"type", "fault_inject"},
                    {"inner", {{"type", "fs"}, {"base_path", dir}, {"max_capacity", "1GiB"}}},
@@ -55,16 +59,18 @@ TEST_F(L2AdapterConfigTest, RejectsWhatTheFactoryWould) {
   EXPECT_EQ(Error(json::array()), "L2 adapter #0: expected a mapping, got []");
   EXPECT_EQ(Error({{"base_path", "/x"}}, 2),
             "L2 adapter #2: 'type' (a string) is required; known types: mock, fault_inject, fs, "
-            "redis");
+            "redis, peer");
   EXPECT_EQ(Error({{"type", "redi"}}),
             "L2 adapter #0: 'type': unknown type 'redi'; did you mean 'redis'? (known types: mock, "
-            "fault_inject, fs, redis)");
+            "fault_inject, fs, redis, peer)");
   EXPECT_EQ(Error({{"type", "fs"}, {"name", ""}, {"base_path", "/x"}}),
             "L2 adapter #0: 'name' must be a non-empty string, got \"\"");
   EXPECT_EQ(Error({{"type", "fs"}, {"base_path", "/x"}, {"io_engine", "aio"}}),
             "fs adapter 'fs0': 'io_engine': 'aio' is not one of io_uring, pread");
   EXPECT_EQ(Error({{"type", "redis"}, {"name", "r"}, {"username", "u"}}),
             "redis adapter 'r': 'username': needs a password ('password' or $KVT_REDIS_PASSWORD)");
+  EXPECT_EQ(Error({{"type", "peer"}, {"controller", "tcp://c:1"}, {"instance_id", ""}}),
+            "peer adapter 'peer0': 'instance_id' (this server's) must not be empty");
   EXPECT_EQ(Error({{"type", "fault_inject"}}),
             "fault_inject adapter 'fault_inject0': 'inner': an adapter config (a mapping) is "
             "required");

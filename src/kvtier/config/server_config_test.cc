@@ -463,7 +463,7 @@ TEST(ServerConfigTest, AdapterErrorsPointIntoTheAdapter) {
   EXPECT_EQ(
       ParseError("l2:\n  adapters:\n    - type: fss\n"),
       "test.yaml:3:7: l2.adapters[0]: L2 adapter #0: 'type': unknown type 'fss'; did you mean "
-      "'fs'? (known types: mock, fault_inject, fs, redis)");
+      "'fs'? (known types: mock, fault_inject, fs, redis, peer)");
   EXPECT_EQ(
       ParseError("l2:\n  adapters:\n    - type: redis\n      name: r\n      port: 70000\n"),
       "test.yaml:5:7: l2.adapters[0]: redis adapter 'r': 'port': 70000 is outside [1, 65535]");

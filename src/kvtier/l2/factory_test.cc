@@ -34,7 +34,8 @@ TEST(L2FactoryTest, UnknownOrMissingTypeListsTheChoices) {
   for (const json& config : {json{{"type", "tape"}}, json::object(), json{{"type", 3}}}) {
     std::string error = ErrorOf(config, 2);
     EXPECT_NE(error.find("L2 adapter #2"), std::string::npos) << error;
-    EXPECT_NE(error.find("known types: mock, fault_inject, fs, redis, peer"), std::string::npos) << error;
+    EXPECT_NE(error.find("known types: mock, fault_inject, fs, redis, peer"), std::string::npos)
+        << error;
   }
   EXPECT_NE(ErrorOf({{"type", "tape"}}).find("unknown type 'tape'"), std::string::npos);
   EXPECT_NE(ErrorOf(json::array()).find("expected a JSON object"), std::string::npos);

@@ -991,8 +991,8 @@ Status DecodeFields(const MapReader& m, ReadObjectsRequest* r) {
   const msgpack::object_array& array = o->via.array;
   if (array.size == 0) return m.Error("keys", "must not be empty");
   if (array.size > kMaxReadObjectsKeys) {
-    return m.Error("keys", fmt::format("has {} elements, the limit is {}", array.size,
-                                       kMaxReadObjectsKeys));
+    return m.Error(
+        "keys", fmt::format("has {} elements, the limit is {}", array.size, kMaxReadObjectsKeys));
   }
   r->keys.assign(array.size, {});
   for (uint32_t i = 0; i < array.size; ++i) {
@@ -1080,8 +1080,8 @@ Status DecodeFields(const MapReader& m, ReadObjectsReply* r) {
   }
   const msgpack::object_array& array = o->via.array;
   if (array.size > kMaxReadObjectsKeys) {
-    return m.Error("found", fmt::format("has {} elements, the limit is {}", array.size,
-                                        kMaxReadObjectsKeys));
+    return m.Error(
+        "found", fmt::format("has {} elements, the limit is {}", array.size, kMaxReadObjectsKeys));
   }
   r->found.assign(array.size, false);
   for (uint32_t i = 0; i < array.size; ++i) {

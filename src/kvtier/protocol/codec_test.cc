@@ -65,9 +65,7 @@ Value ValidLayout() {
   return l;
 }
 
-std::string ValidObjectKeyText() {
-  return "m@w1r0@g0@" + std::string(64, 'a');
-}
+std::string ValidObjectKeyText() { return "m@w1r0@g0@" + std::string(64, 'a'); }
 
 Value ValidPayload(Opcode op) {
   Value v = Value::Object();
@@ -309,9 +307,8 @@ TEST(ReadObjectsTest, HostileRequestsAreClearErrors) {
   auto with = [](const char* field, Value value) {
     return Decode(Opcode::kReadObjects, ValidPayload(Opcode::kReadObjects).Set(field, value));
   };
-  ExpectProtocolError(
-      Decode(Opcode::kReadObjects, Value::Object().Set("max_bytes", Uint(1))),
-      "missing required field 'keys'");
+  ExpectProtocolError(Decode(Opcode::kReadObjects, Value::Object().Set("max_bytes", Uint(1))),
+                      "missing required field 'keys'");
   ExpectProtocolError(with("keys", Str("k")), "field 'keys' must be an array of object keys");
   ExpectProtocolError(with("keys", Value::List({})), "field 'keys' must not be empty");
   ExpectProtocolError(with("keys", Value::List({Uint(3)})), "field 'keys[0]' must be str");
@@ -322,10 +319,9 @@ TEST(ReadObjectsTest, HostileRequestsAreClearErrors) {
   std::vector<Value> many(kMaxReadObjectsKeys + 1, Str(ValidObjectKeyText()));
   ExpectProtocolError(with("keys", Value::List(many)), "has 4097 elements, the limit is 4096");
   ExpectProtocolError(with("max_bytes", Uint(0)), "field 'max_bytes' must be in [1,");
-  ExpectProtocolError(
-      Decode(Opcode::kReadObjects, Value::Object().Set("keys", Value::List({Str(
-                                                                    ValidObjectKeyText())}))),
-      "missing required field 'max_bytes'");
+  ExpectProtocolError(Decode(Opcode::kReadObjects,
+                             Value::Object().Set("keys", Value::List({Str(ValidObjectKeyText())}))),
+                      "missing required field 'max_bytes'");
 }
 
 TEST(ReadObjectsTest, HostileReplies) {
@@ -334,7 +330,8 @@ TEST(ReadObjectsTest, HostileReplies) {
   ExpectProtocolError(DecodeReply(h, Value::Object().Set("found", Uint(1)).Pack()),
                       "must be an array of bools");
   ExpectProtocolError(
-      DecodeReply(h, Value::Object().Set("found", Value::List({Value::Bool(true), Uint(1)})).Pack()),
+      DecodeReply(h,
+                  Value::Object().Set("found", Value::List({Value::Bool(true), Uint(1)})).Pack()),
       "field 'found[1]' must be a bool");
 }
 

@@ -211,12 +211,12 @@ struct ReadObjectsRequest {
 };
 
 // In opcode order: the variant index + 1 is the opcode.
-using Request = std::variant<HelloRequest, RegisterKvCacheRequest, UnregisterKvCacheRequest,
-                             GetChunkSizeRequest, LookupRequest, QueryPrefetchStatusRequest,
-                             WaitPrefetchStatusRequest, QueryPrefetchLookupHitsRequest,
-                             StoreRequest, RetrieveRequest, FreeLookupLocksRequest,
-                             EndSessionRequest, PingRequest, ClearRequest, NoopRequest,
-                             ReadObjectsRequest>;
+using Request =
+    std::variant<HelloRequest, RegisterKvCacheRequest, UnregisterKvCacheRequest,
+                 GetChunkSizeRequest, LookupRequest, QueryPrefetchStatusRequest,
+                 WaitPrefetchStatusRequest, QueryPrefetchLookupHitsRequest, StoreRequest,
+                 RetrieveRequest, FreeLookupLocksRequest, EndSessionRequest, PingRequest,
+                 ClearRequest, NoopRequest, ReadObjectsRequest>;
 Opcode OpcodeOf(const Request& r);
 
 // ---- Replies ---------------------------------------------------------------------------

@@ -659,8 +659,7 @@ Reply Engine::ReadObjects(const protocol::ReadObjectsRequest& r) {
   counters_.read_objects_keys.fetch_add(r.keys.size(), std::memory_order_relaxed);
   if (r.keys.empty() || r.keys.size() > protocol::kMaxReadObjectsKeys) {
     return Err(Status::InvalidArgument(fmt::format("READ_OBJECTS: {} keys (allowed: 1..{})",
-                                                   r.keys.size(),
-                                                   protocol::kMaxReadObjectsKeys)));
+                                                   r.keys.size(), protocol::kMaxReadObjectsKeys)));
   }
   std::vector<keys::ObjectKey> object_keys;
   object_keys.reserve(r.keys.size());

@@ -158,8 +158,8 @@ void Transport::Loop(zmq::socket_t& socket) {
               [](void*, void* hint) { delete static_cast<std::shared_ptr<const void>*>(hint); },
               keep.get());
           keep.release();  // the message owns it now
-          socket.send(part, i + 1 < extra.size() ? zmq::send_flags::sndmore
-                                                 : zmq::send_flags::none);
+          socket.send(part,
+                      i + 1 < extra.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
         }
         counters_.replies.fetch_add(1, std::memory_order_relaxed);
       } catch (const zmq::error_t& e) {

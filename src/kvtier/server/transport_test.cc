@@ -65,6 +65,7 @@ class RawClient {
     auto* e = std::get_if<protocol::ErrorReply>(&r.reply);
     return e ? *e : protocol::ErrorReply{};
   }
+  zmq::socket_t& socket() { return socket_; }
 
  private:
   zmq::socket_t socket_;
@@ -381,6 +382,47 @@ TEST_F(TransportTest, LatenciesAreRecordedPerOpcode) {
   EXPECT_EQ(transport_->latency(Opcode::kClear).Read().count, 1u);
   EXPECT_EQ(transport_->latency(Opcode::kInvalid).Read().count, 1u);
   EXPECT_EQ(transport_->latency(Opcode::kStore).Read().count, 0u);
+}
+
+// READ_OBJECTS: each object found follows the payload as a frame of its own, and the reply's
+// holder lives until the frames are gone.
+TEST_F(TransportTest, ReadObjectsRepliesCarryObjectFramesAndReleaseTheirHolder) {
+  struct Objects {
+    std::vector<uint8_t> a = std::vector<uint8_t>(100000, 0xAB);
+    std::vector<uint8_t> b = {1, 2, 3};
+  };
+  std::weak_ptr<Objects> watched;
+  Start([&](const protocol::Request& r, Transport::ReplyFn reply) {
+    auto objects = std::make_shared<Objects>();
+    watched = objects;
+    reply(protocol::ReadObjectsReply{{true, false, true}, {objects->a, objects->b}, objects});
+  });
+  RawClient c(ctx_, endpoint_);
+  protocol::ReadObjectsRequest request{{"m@w1r0@g0@" + std::string(64, 'a')}, 1000};
+  c.Send(5, request);
+  std::vector<zmq::message_t> parts;
+  zmq::recv_result_t got;
+  do {
+    zmq::message_t part;
+    got = c.socket().recv(part);
+    ASSERT_TRUE(got.has_value()) << "no reply";
+    parts.push_back(std::move(part));
+  } while (parts.back().more());
+  ASSERT_EQ(parts.size(), 4u);
+  auto header = protocol::DecodeHeader(Bytes(parts[0]));
+  ASSERT_TRUE(header.has_value());
+  EXPECT_EQ(header->request_id, 5u);
+  auto reply = protocol::DecodeReply(*header, Bytes(parts[1]));
+  ASSERT_TRUE(reply.has_value()) << reply.error().ToString();
+  EXPECT_EQ(std::get<protocol::ReadObjectsReply>(*reply).found,
+            (std::vector<bool>{true, false, true}));
+  EXPECT_EQ(std::vector<uint8_t>(Bytes(parts[2]).begin(), Bytes(parts[2]).end()),
+            std::vector<uint8_t>(100000, 0xAB));
+  EXPECT_EQ(std::vector<uint8_t>(Bytes(parts[3]).begin(), Bytes(parts[3]).end()),
+            (std::vector<uint8_t>{1, 2, 3}));
+  // Stop returns only once ZMQ released every frame it held.
+  transport_->Stop();
+  EXPECT_TRUE(watched.expired());
 }
 
 }  // namespace

@@ -71,16 +71,16 @@ Result<PeerAdapterOptions> PeerAdapterOptions::FromJson(const nlohmann::json& co
   o.max_peers = static_cast<size_t>(max_peers);
   KVT_RETURN_IF_ERROR(cfg.Finish());
   if (o.controller.empty()) {
-    return MakeError(Status::InvalidArgument(
-        fmt::format("{}: 'controller' must be an endpoint such as tcp://host:port", cfg.section())));
+    return MakeError(Status::InvalidArgument(fmt::format(
+        "{}: 'controller' must be an endpoint such as tcp://host:port", cfg.section())));
   }
   if (o.instance_id.empty()) {
     return MakeError(Status::InvalidArgument(
         fmt::format("{}: 'instance_id' (this server's) must not be empty", cfg.section())));
   }
   if (o.controller_timeout <= Duration::zero() || o.peer_timeout <= Duration::zero()) {
-    return MakeError(Status::InvalidArgument(
-        fmt::format("{}: 'controller_timeout' and 'peer_timeout' must be positive", cfg.section())));
+    return MakeError(Status::InvalidArgument(fmt::format(
+        "{}: 'controller_timeout' and 'peer_timeout' must be positive", cfg.section())));
   }
   return o;
 }
@@ -319,8 +319,7 @@ void PeerAdapter::RunLoad(Sockets& sockets, const Task& task) {
 }
 
 uint64_t PeerAdapter::FetchFrom(Sockets& sockets, const std::string& address,
-                                std::span<const size_t> indices, const Task& task,
-                                Bitmap* loaded) {
+                                std::span<const size_t> indices, const Task& task, Bitmap* loaded) {
   auto it = sockets.peers.find(address);
   if (it == sockets.peers.end()) {
     if (sockets.peers.size() >= options_.max_peers) sockets.peers.erase(sockets.peers.begin());
@@ -344,7 +343,8 @@ uint64_t PeerAdapter::FetchFrom(Sockets& sockets, const std::string& address,
   request.max_bytes = std::max<uint64_t>(want, 1);
   const uint64_t id = next_request_id_.fetch_add(1);
   const protocol::Frames frames = protocol::EncodeRequest(id, request);
-  if (!socket.send(zmq::buffer(frames.header), zmq::send_flags::sndmore | zmq::send_flags::dontwait))
+  if (!socket.send(zmq::buffer(frames.header),
+                   zmq::send_flags::sndmore | zmq::send_flags::dontwait))
     return fail("not connected");
   socket.send(zmq::buffer(frames.payload), zmq::send_flags::none);
 
@@ -362,7 +362,8 @@ uint64_t PeerAdapter::FetchFrom(Sockets& sockets, const std::string& address,
     }
     const auto* read = std::get_if<protocol::ReadObjectsReply>(&*reply);
     if (read == nullptr || read->found.size() != indices.size()) return fail("malformed reply");
-    const size_t found = static_cast<size_t>(std::count(read->found.begin(), read->found.end(), true));
+    const size_t found =
+        static_cast<size_t>(std::count(read->found.begin(), read->found.end(), true));
     if (parts.size() != 2 + found) {
       return fail(fmt::format("{} object frames for {} objects found", parts.size() - 2, found));
     }

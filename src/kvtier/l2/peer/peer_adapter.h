@@ -54,8 +54,7 @@ struct PeerAdapterOptions {
   Duration peer_timeout = std::chrono::seconds(2);
   size_t max_peers = 16;
 
-  static Result<PeerAdapterOptions> FromJson(const nlohmann::json& config,
-                                             const std::string& name);
+  static Result<PeerAdapterOptions> FromJson(const nlohmann::json& config, const std::string& name);
 };
 
 struct PeerAdapterStats {
@@ -103,8 +102,8 @@ class PeerAdapter final : public L2Adapter {
   std::vector<std::string> FindHolders(Sockets& sockets, std::span<const ObjectKey> keys);
   // Fetches keys[i] into buffers[i] from the peer at `address`; sets `loaded` bits (indices
   // into the task) of the keys copied. Returns the bytes copied.
-  uint64_t FetchFrom(Sockets& sockets, const std::string& address,
-                     std::span<const size_t> indices, const Task& task, Bitmap* loaded);
+  uint64_t FetchFrom(Sockets& sockets, const std::string& address, std::span<const size_t> indices,
+                     const Task& task, Bitmap* loaded);
 
   const PeerAdapterOptions options_;
   std::unique_ptr<zmq::context_t> context_;

@@ -1,8 +1,5 @@
 #include "kvtier/l2/peer/peer_adapter.h"
 
-#include <poll.h>
-#include <unistd.h>
-
 #include <cstring>
 #include <map>
 #include <thread>
@@ -10,6 +7,8 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <poll.h>
+#include <unistd.h>
 #include <zmq.hpp>
 
 #include "kvtier/common/mutex.h"
@@ -94,8 +93,8 @@ class FakeController {
           }
         }
       }
-      const std::vector<uint8_t> frame = controller::EncodeReply(
-          controller::MessageType::kFindKv, request->header.request_id, reply);
+      const std::vector<uint8_t> frame = controller::EncodeReply(controller::MessageType::kFindKv,
+                                                                 request->header.request_id, reply);
       socket_.send(parts[0], zmq::send_flags::sndmore);
       socket_.send(zmq::buffer(frame), zmq::send_flags::none);
     }
@@ -316,11 +315,9 @@ TEST(PeerAdapterConfigTest, RequiredAndUnknownKeys) {
   ASSERT_FALSE(missing.has_value());
   EXPECT_NE(missing.error().message().find("instance_id"), std::string::npos)
       << missing.error().ToString();
-  auto unknown = MakeL2Adapter({{"type", "peer"},
-                                {"controller", "tcp://127.0.0.1:1"},
-                                {"instance_id", "a"},
-                                {"bogus", 1}},
-                               0);
+  auto unknown = MakeL2Adapter(
+      {{"type", "peer"}, {"controller", "tcp://127.0.0.1:1"}, {"instance_id", "a"}, {"bogus", 1}},
+      0);
   ASSERT_FALSE(unknown.has_value());
   EXPECT_NE(unknown.error().message().find("bogus"), std::string::npos);
   auto ok = PeerAdapterOptions::FromJson(
