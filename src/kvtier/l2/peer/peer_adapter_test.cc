@@ -15,6 +15,7 @@
 #include "kvtier/controller/codec.h"
 #include "kvtier/l2/factory.h"
 #include "kvtier/service/service.h"
+#include "kvtier/storage/storage_manager.h"
 
 namespace kvtier::l2 {
 namespace {
@@ -308,6 +309,37 @@ TEST_F(PeerAdapterTest, ReadOnly) {
   ASSERT_TRUE(deleted.has_value());
   EXPECT_TRUE(deleted->All());
   EXPECT_EQ(adapter_->ListKeys("peer-model", 10, "").error().code(), StatusCode::kNotSupported);
+}
+
+// End to end through server A's storage: a prefetch of chunks only server B holds brings them
+// into A's L1 through the peer adapter, bit for bit; a chunk nobody holds ends the prefix.
+TEST_F(PeerAdapterTest, APrefetchOnAnotherServerLoadsThePeersChunks) {
+  const std::vector<ObjectKey> keys{Key(1), Key(2), Key(3), Key(4)};
+  for (uint8_t i = 0; i < 3; ++i) {
+    Put(*server_, keys[i], Contents(i));
+    controller_.Add(keys[i], {"server-b", 0, "L1", server_->endpoints()[0]});
+  }
+  storage::StorageOptions so;
+  so.l1.capacity_bytes = 64 * kObjectSize;
+  so.l2_adapters = {
+      {{"type", "peer"}, {"controller", controller_.endpoint()}, {"instance_id", "server-a"}}};
+  auto a = storage::StorageManager::Create(so);
+  ASSERT_TRUE(a.has_value()) << a.error().ToString();
+  storage::StorageManager& storage = **a;
+
+  const storage::PrefetchHandle h = storage.SubmitPrefetch(keys, kObjectSize, 1);
+  ASSERT_TRUE(storage.WaitPrefetch(h, std::chrono::seconds(20)));
+  const std::optional<Bitmap> hit = storage.QueryPrefetch(h);
+  ASSERT_TRUE(hit.has_value());
+  EXPECT_EQ(hit->CountLeadingOnes(), 3u);
+  auto views = storage.ReadPrefetched(std::span(keys).first(3));
+  ASSERT_TRUE(views.has_value()) << views.error().ToString();
+  for (uint8_t i = 0; i < 3; ++i) {
+    const l1::ObjectView& v = (*views)[i];
+    EXPECT_EQ(std::vector<uint8_t>(v.data, v.data + v.size), Contents(i)) << int{i};
+  }
+  storage.FinishReadPrefetched(std::span(keys).first(3), 1);
+  storage.Close();
 }
 
 TEST(PeerAdapterConfigTest, RequiredAndUnknownKeys) {
