@@ -43,7 +43,8 @@ const std::vector<AdapterType>& AdapterTypes() {
        MakeRedisAdapter},
       {"peer",
        "read-only: fetches chunks other servers of the cluster hold (peer fetch): controller "
-       "(required), instance_id (required), controller_timeout, peer_timeout, max_peers",
+       "(required), instance_id (required), controller_timeout, peer_timeout, max_peers, "
+       "max_read_bytes",
        MakePeerAdapter},
   };
   return kTypes;

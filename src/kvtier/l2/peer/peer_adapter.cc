@@ -68,6 +68,7 @@ Result<PeerAdapterOptions> PeerAdapterOptions::FromJson(const nlohmann::json& co
                        cfg.Seconds("controller_timeout", std::chrono::milliseconds(500)));
   KVT_ASSIGN_OR_RETURN(o.peer_timeout, cfg.Seconds("peer_timeout", std::chrono::seconds(2)));
   KVT_ASSIGN_OR_RETURN(int64_t max_peers, cfg.Int("max_peers", 16, 1, 4096));
+  KVT_ASSIGN_OR_RETURN(o.max_read_bytes, cfg.Size("max_read_bytes", 256ull << 20));
   o.max_peers = static_cast<size_t>(max_peers);
   KVT_RETURN_IF_ERROR(cfg.Finish());
   if (o.controller.empty()) {
@@ -77,6 +78,12 @@ Result<PeerAdapterOptions> PeerAdapterOptions::FromJson(const nlohmann::json& co
   if (o.instance_id.empty()) {
     return MakeError(Status::InvalidArgument(
         fmt::format("{}: 'instance_id' (this server's) must not be empty", cfg.section())));
+  }
+  if (o.max_read_bytes == 0 || o.max_read_bytes > (1ull << 30)) {
+    return MakeError(Status::InvalidArgument(
+        fmt::format("{}: 'max_read_bytes' must be in (0, 1GiB] (a server sends at most 1 GiB per "
+                    "reply)",
+                    cfg.section())));
   }
   if (o.controller_timeout <= Duration::zero() || o.peer_timeout <= Duration::zero()) {
     return MakeError(Status::InvalidArgument(fmt::format(
@@ -307,10 +314,20 @@ void PeerAdapter::RunLoad(Sockets& sockets, const Task& task) {
   }
   Bitmap loaded(task.keys.size());
   uint64_t bytes = 0;
+  // One READ_OBJECTS per kMaxReadObjectsKeys keys or max_read_bytes bytes (at least one key).
   for (const auto& [address, indices] : by_peer) {
-    for (size_t at = 0; at < indices.size(); at += protocol::kMaxReadObjectsKeys) {
-      const size_t n = std::min(protocol::kMaxReadObjectsKeys, indices.size() - at);
+    size_t at = 0;
+    while (at < indices.size()) {
+      size_t n = 0;
+      uint64_t batch_bytes = 0;
+      while (at + n < indices.size() && n < protocol::kMaxReadObjectsKeys &&
+             (n == 0 ||
+              batch_bytes + task.buffers[indices[at + n]].size() <= options_.max_read_bytes)) {
+        batch_bytes += task.buffers[indices[at + n]].size();
+        ++n;
+      }
       bytes += FetchFrom(sockets, address, std::span(indices).subspan(at, n), task, &loaded);
+      at += n;
     }
   }
   fetched_keys_.fetch_add(loaded.PopCount(), std::memory_order_relaxed);

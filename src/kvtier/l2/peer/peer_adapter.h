@@ -23,6 +23,7 @@
 //   controller_timeout  one lookup's round trip; default 500ms
 //   peer_timeout        one READ_OBJECTS round trip; default 2s
 //   max_peers           peer connections kept open; default 16
+//   max_read_bytes      object bytes per READ_OBJECTS; default 256MiB, at most 1GiB
 #pragma once
 
 #include <atomic>
@@ -53,6 +54,9 @@ struct PeerAdapterOptions {
   Duration controller_timeout = std::chrono::milliseconds(500);
   Duration peer_timeout = std::chrono::seconds(2);
   size_t max_peers = 16;
+  // Object bytes asked of a peer in one READ_OBJECTS (a server sends at most 1 GiB per reply);
+  // also what this side holds in received frames at once.
+  uint64_t max_read_bytes = 256ull << 20;
 
   static Result<PeerAdapterOptions> FromJson(const nlohmann::json& config, const std::string& name);
 };

@@ -168,12 +168,14 @@ class PeerAdapterTest : public ::testing::Test {
     server_.reset();
   }
 
-  void MakeAdapter(Duration controller_timeout = 5s, Duration peer_timeout = 5s) {
+  void MakeAdapter(Duration controller_timeout = 5s, Duration peer_timeout = 5s,
+                   uint64_t max_read_bytes = 256ull << 20) {
     auto a = MakeL2Adapter({{"type", "peer"},
                             {"controller", controller_.endpoint()},
                             {"instance_id", "server-a"},
                             {"controller_timeout", fmt::format("{}ms", ToMs(controller_timeout))},
-                            {"peer_timeout", fmt::format("{}ms", ToMs(peer_timeout))}},
+                            {"peer_timeout", fmt::format("{}ms", ToMs(peer_timeout))},
+                            {"max_read_bytes", max_read_bytes}},
                            0);
     ASSERT_TRUE(a.has_value()) << a.error().ToString();
     adapter_ = std::move(*a);
@@ -242,6 +244,20 @@ TEST_F(PeerAdapterTest, LookupAndLoadReturnTheBytesAPeerHolds) {
   const Bitmap again = Load({b}, &got);
   EXPECT_TRUE(again.Test(0));
   EXPECT_EQ(got[0], Contents(2));
+}
+
+TEST_F(PeerAdapterTest, LoadsAreCutIntoReadsOfAtMostMaxReadBytes) {
+  std::vector<ObjectKey> keys;
+  for (uint8_t i = 0; i < 5; ++i) {
+    keys.push_back(Key(i));
+    Put(*server_, keys.back(), Contents(i));
+    controller_.Add(keys.back(), {"server-b", 0, "L1", server_->endpoints()[0]});
+  }
+  MakeAdapter(5s, 5s, 2 * kObjectSize);  // two objects per READ_OBJECTS
+  std::vector<std::vector<uint8_t>> got;
+  EXPECT_TRUE(Load(keys, &got).All());
+  for (uint8_t i = 0; i < 5; ++i) EXPECT_EQ(got[i], Contents(i));
+  EXPECT_EQ(server_->engine().counters().read_objects.load(), 3u);  // 2 + 2 + 1
 }
 
 TEST_F(PeerAdapterTest, OwnInstanceAndAddresslessHoldersAreNotPeers) {
