@@ -118,13 +118,19 @@ def ipc_handle_of(t: Any) -> tuple[bytes, int]:
     """(the IPC handle of the allocation holding tensor ``t``, t's byte offset within it)."""
     storage = t.untyped_storage()
     info = storage._share_cuda_()
-    handle, storage_offset = info[1], info[3]
+    handle, storage_offset = bytes(info[1]), info[3]
+    # torch >= 2.x prefixes the cudaIpcMemHandle_t with a version byte and a type byte ('c': a
+    # plain cudaMalloc block; 'e': an expandable segment, which has no cudaIpcMemHandle_t).
+    if len(handle) == 64 + 2:
+        if handle[1] != ord("c"):
+            raise ValueError(
+                "torch shares this tensor's memory as an expandable segment, which CUDA IPC "
+                "memory handles cannot describe: unset PYTORCH_CUDA_ALLOC_CONF=expandable_segments"
+            )
+        handle = handle[2:]
     if len(handle) != 64:
-        raise ValueError(
-            f"torch gave a {len(handle)}-byte IPC handle (expandable segments?); kvtier needs a "
-            "plain cudaIpcMemHandle_t: unset PYTORCH_CUDA_ALLOC_CONF=expandable_segments"
-        )
-    return bytes(handle), storage_offset + t.storage_offset() * t.element_size()
+        raise ValueError(f"torch gave a {len(handle)}-byte IPC handle; kvtier needs 64 bytes")
+    return handle, storage_offset + t.storage_offset() * t.element_size()
 
 
 class DeviceFuture:

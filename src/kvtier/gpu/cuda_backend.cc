@@ -106,8 +106,8 @@ Status CudaBackend::Init(std::span<const uint64_t> layer_addresses) {
   if (options_.host_base == nullptr || options_.host_size == 0) {
     return Status::FailedPrecondition("the cuda backend needs the L1 host memory range");
   }
-  if (options_.max_objects_per_launch == 0) {
-    return Status::InvalidArgument("max_objects_per_launch must be > 0");
+  if (options_.max_objects_per_launch == 0 || options_.staging_objects == 0) {
+    return Status::InvalidArgument("max_objects_per_launch and staging_objects must be > 0");
   }
   DeviceGuard guard(device_);
   KVT_RETURN_IF_ERROR(guard.status());
@@ -147,11 +147,22 @@ Status CudaBackend::InitLane(Lane* lane) {
   KVT_CUDA_RETURN_IF_ERROR(cudaHostAlloc(&lane->host_objects, objects * sizeof(uint64_t), 0));
   KVT_CUDA_RETURN_IF_ERROR(cudaMalloc(&lane->dev_ids, ids * sizeof(uint32_t)));
   KVT_CUDA_RETURN_IF_ERROR(cudaMalloc(&lane->dev_objects, objects * sizeof(uint64_t)));
+  if (options_.mode == CudaCopyMode::kStagedDma) {
+    const uint32_t slots = options_.staging_objects;
+    KVT_CUDA_RETURN_IF_ERROR(cudaMalloc(&lane->staging, uint64_t{slots} * object_size()));
+    std::vector<uint64_t> addresses(slots);
+    for (uint32_t i = 0; i < slots; ++i) {
+      addresses[i] = reinterpret_cast<uint64_t>(lane->staging) + uint64_t{i} * object_size();
+    }
+    KVT_CUDA_RETURN_IF_ERROR(cudaMemcpy(lane->dev_objects, addresses.data(),
+                                        slots * sizeof(uint64_t), cudaMemcpyHostToDevice));
+  }
   return Status::OK();
 }
 
 void CudaBackend::DestroyLane(Lane* lane) {
   if (lane->stream != nullptr) cudaStreamSynchronize(lane->stream);
+  if (lane->staging != nullptr) cudaFree(lane->staging);
   if (lane->dev_objects != nullptr) cudaFree(lane->dev_objects);
   if (lane->dev_ids != nullptr) cudaFree(lane->dev_ids);
   if (lane->host_objects != nullptr) cudaFreeHost(lane->host_objects);
@@ -214,33 +225,56 @@ Status CudaBackend::Run(bool gather, Lane* lane, std::span<const uint32_t> block
   }
 
   const uint32_t bpc = blocks_per_chunk();
-  const size_t per_launch = options_.max_objects_per_launch;
-  for (size_t first = 0; first < objects.size(); first += per_launch) {
-    const size_t n = std::min(per_launch, objects.size() - first);
+  const size_t per_round = options_.max_objects_per_launch;
+  const bool staged = options_.mode == CudaCopyMode::kStagedDma;
+  for (size_t first = 0; first < objects.size(); first += per_round) {
+    const size_t n = std::min(per_round, objects.size() - first);
     if (first > 0) {
-      // The pinned id and pointer arrays are about to be rewritten: the previous upload must
-      // have happened.
+      // The pinned id and pointer arrays are about to be rewritten: the previous round's upload
+      // must have happened.
       KVT_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(lane->stream));
     }
     std::memcpy(lane->host_ids, block_ids.data() + first * bpc, n * bpc * sizeof(uint32_t));
-    for (size_t i = 0; i < n; ++i) {
-      lane->host_objects[i] =
-          reinterpret_cast<uint64_t>(objects[first + i].data()) + host_to_device_;
-    }
     KVT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(lane->dev_ids, lane->host_ids,
                                              n * bpc * sizeof(uint32_t), cudaMemcpyHostToDevice,
                                              lane->stream));
-    KVT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(lane->dev_objects, lane->host_objects,
-                                             n * sizeof(uint64_t), cudaMemcpyHostToDevice,
-                                             lane->stream));
-    KvCopyParams p = params_;
-    p.block_ids = lane->dev_ids;
-    p.objects = lane->dev_objects;
-    p.num_objects = static_cast<uint32_t>(n);
-    const uint64_t skipped_before = uint64_t{first} * chunk_size();
-    p.skip_tokens = skip > skipped_before ? static_cast<uint32_t>(skip - skipped_before) : 0;
-    KVT_CUDA_RETURN_IF_ERROR(gather ? LaunchGather(p, lane->stream)
-                                    : LaunchScatter(p, lane->stream));
+    if (!staged) {
+      for (size_t i = 0; i < n; ++i) {
+        lane->host_objects[i] =
+            reinterpret_cast<uint64_t>(objects[first + i].data()) + host_to_device_;
+      }
+      KVT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(lane->dev_objects, lane->host_objects,
+                                               n * sizeof(uint64_t), cudaMemcpyHostToDevice,
+                                               lane->stream));
+    }
+    // Staged: slots of staging_objects objects; the kernel and the DMA copies of one slot run
+    // in stream order (the kernel is HBM-bound, a few percent of the PCIe time).
+    const size_t step = staged ? options_.staging_objects : n;
+    for (size_t at = 0; at < n; at += step) {
+      const size_t m = std::min(step, n - at);
+      KvCopyParams p = params_;
+      p.block_ids = lane->dev_ids + at * bpc;
+      p.objects = staged ? lane->dev_objects : lane->dev_objects + at;
+      p.num_objects = static_cast<uint32_t>(m);
+      const uint64_t before = uint64_t{first + at} * chunk_size();
+      p.skip_tokens = skip > before ? static_cast<uint32_t>(skip - before) : 0;
+      if (gather) {
+        KVT_CUDA_RETURN_IF_ERROR(LaunchGather(p, lane->stream));
+        for (size_t i = 0; staged && i < m; ++i) {
+          KVT_CUDA_RETURN_IF_ERROR(
+              cudaMemcpyAsync(const_cast<uint8_t*>(objects[first + at + i].data()),
+                              lane->staging + i * object_size(), object_size(),
+                              cudaMemcpyDeviceToHost, lane->stream));
+        }
+      } else {
+        for (size_t i = 0; staged && i < m; ++i) {
+          KVT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(lane->staging + i * object_size(),
+                                                   objects[first + at + i].data(), object_size(),
+                                                   cudaMemcpyHostToDevice, lane->stream));
+        }
+        KVT_CUDA_RETURN_IF_ERROR(LaunchScatter(p, lane->stream));
+      }
+    }
   }
   KVT_CUDA_RETURN_IF_ERROR(cudaEventRecord(lane->done, lane->stream));
   // Blocking (not spinning) wait: the objects must be complete before FinishWrite publishes them,

@@ -1,9 +1,13 @@
 // CudaBackend: the transfer backend for an engine whose paged KV cache lives in GPU memory
 // (REGISTER_KV_CACHE with backend "cuda"). The engine shares each layer's allocation by CUDA
 // IPC memory handle; the server opens the handles on the device with the engine's UUID and moves
-// chunks with the gather/scatter kernels of kv_copy.h, which read and write the L1 objects
-// directly in pinned, mapped host memory (docs/gpu.md says why this beat staging in device
-// memory plus DMA).
+// chunks with the gather/scatter kernels of kv_copy.h. By default (kStagedDma) the kernels move
+// a few chunks at a time between the paged cache and a device staging buffer, and the copy
+// engines move whole 32 MiB chunk objects between it and L1 over PCIe; kMapped has the kernels
+// read and write the pinned, mapped L1 objects directly. docs/gpu.md says why staging won: both
+// reach the PCIe limit in one direction, but mapped kernels occupy every SM, so a store and a
+// retrieve cannot overlap, while copy engines run both directions at once and leave the SMs to
+// the engine.
 //
 // Ordering: a call makes its stream wait on the engine's interprocess event (DeviceOrder), runs
 // the kernels, records the backend's own interprocess event and waits for it on the host, so the
@@ -31,13 +35,19 @@
 
 namespace kvtier::gpu {
 
+enum class CudaCopyMode { kStagedDma, kMapped };
+
 struct CudaBackendOptions {
   // The host memory the objects live in (the L1 pool): registered with CUDA as mapped memory.
   // Objects outside it are refused.
   const uint8_t* host_base = nullptr;
   uint64_t host_size = 0;
-  // Objects per kernel launch (the id and pointer arrays are sized for this many).
+  // Objects per call uploaded at once (the id and pointer arrays are sized for this many);
+  // larger calls run in several rounds.
   uint32_t max_objects_per_launch = 256;
+  CudaCopyMode mode = CudaCopyMode::kStagedDma;
+  // kStagedDma: chunk objects per staging buffer (one buffer per direction, in device memory).
+  uint32_t staging_objects = 4;
 };
 
 class CudaBackend final : public transfer::TransferBackend {
@@ -68,7 +78,8 @@ class CudaBackend final : public transfer::TransferBackend {
     uint32_t* host_ids = nullptr;  // pinned
     uint64_t* host_objects = nullptr;
     uint32_t* dev_ids = nullptr;
-    uint64_t* dev_objects = nullptr;
+    uint64_t* dev_objects = nullptr;  // kMapped: per call; kStagedDma: the staging slots
+    uint8_t* staging = nullptr;       // kStagedDma: staging_objects objects
   };
 
   CudaBackend(const transfer::KvGeometry& geometry, int device, const CudaBackendOptions& options);

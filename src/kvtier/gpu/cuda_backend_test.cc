@@ -117,48 +117,56 @@ TEST_P(CudaBackendTest, GatherAndScatterMatchTheReference) {
 
   const uint64_t bpc = spec.chunk / spec.block_size;
   const size_t num_objects = 5;
-  HostArena arena(num_objects * 2 * (ref.ObjectBytes() + 4096));
-  // Two objects per launch, so a call runs three launches and the skip crosses them.
-  auto backend = CudaBackend::CreateLocal(request.layout, spec.chunk, 0, layers, arena.Options(2));
-  ASSERT_TRUE(backend.has_value()) << backend.error().ToString();
-  EXPECT_EQ((*backend)->object_size(), ref.ObjectBytes());
+  // Both copy modes, one after the other on the same cache (the device state carries over).
+  for (CudaCopyMode mode : {CudaCopyMode::kStagedDma, CudaCopyMode::kMapped}) {
+    SCOPED_TRACE(mode == CudaCopyMode::kStagedDma ? "staged_dma" : "mapped");
+    HostArena arena(num_objects * 2 * (ref.ObjectBytes() + 4096));
+    // Two objects per round (and two staging slots), so a call runs three rounds and the skip
+    // crosses them.
+    CudaBackendOptions options = arena.Options(2);
+    options.mode = mode;
+    options.staging_objects = 2;
+    auto backend = CudaBackend::CreateLocal(request.layout, spec.chunk, 0, layers, options);
+    ASSERT_TRUE(backend.has_value()) << backend.error().ToString();
+    EXPECT_EQ((*backend)->object_size(), ref.ObjectBytes());
 
-  // Distinct block ids in a scrambled order.
-  std::vector<uint32_t> ids;
-  for (uint32_t i = 0; i < num_objects * bpc; ++i)
-    ids.push_back(static_cast<uint32_t>((i * 7 + 3) % spec.blocks));
-  const size_t objects_n = std::min<size_t>(num_objects, spec.blocks / bpc);
-  ids.resize(objects_n * bpc);
+    // Distinct block ids in a scrambled order.
+    std::vector<uint32_t> ids;
+    for (uint32_t i = 0; i < num_objects * bpc; ++i)
+      ids.push_back(static_cast<uint32_t>((i * 7 + 3) % spec.blocks));
+    const size_t objects_n = std::min<size_t>(num_objects, spec.blocks / bpc);
+    ids.resize(objects_n * bpc);
 
-  std::vector<std::span<uint8_t>> objects;
-  for (size_t i = 0; i < objects_n; ++i) objects.push_back(arena.Take(ref.ObjectBytes()));
-  for (auto& o : objects) std::memset(o.data(), 0xEE, o.size());
+    std::vector<std::span<uint8_t>> objects;
+    for (size_t i = 0; i < objects_n; ++i) objects.push_back(arena.Take(ref.ObjectBytes()));
+    for (auto& o : objects) std::memset(o.data(), 0xEE, o.size());
 
-  transfer::DeviceOrder order;
-  ASSERT_TRUE((*backend)->Gather(ids, objects, &order).ok());
-  EXPECT_TRUE(order.done_event.has_value());
-  const std::vector<Bytes> expected = RefGather(ref, segment, ids, objects_n);
-  for (size_t i = 0; i < objects_n; ++i) {
-    ASSERT_EQ(std::memcmp(objects[i].data(), expected[i].data(), expected[i].size()), 0)
-        << "object " << i;
+    transfer::DeviceOrder order;
+    ASSERT_TRUE((*backend)->Gather(ids, objects, &order).ok());
+    EXPECT_TRUE(order.done_event.has_value());
+    const std::vector<Bytes> expected = RefGather(ref, segment, ids, objects_n);
+    for (size_t i = 0; i < objects_n; ++i) {
+      ASSERT_EQ(std::memcmp(objects[i].data(), expected[i].data(), expected[i].size()), 0)
+          << "object " << i;
+    }
+
+    // Scatter fresh objects back, skipping a prefix that ends inside a block of object 1.
+    std::vector<Bytes> fresh;
+    std::vector<std::span<const uint8_t>> in;
+    for (size_t i = 0; i < objects_n; ++i) {
+      std::vector<uint8_t> r = RandomBytes(ref.ObjectBytes(), 100 + static_cast<uint32_t>(i));
+      fresh.emplace_back(r.begin(), r.end());
+      std::memcpy(objects[i].data(), r.data(), r.size());
+      in.emplace_back(objects[i].data(), objects[i].size());
+    }
+    const uint32_t skip = static_cast<uint32_t>(spec.chunk + spec.block_size / 2 + 1);
+    ASSERT_TRUE((*backend)->Scatter(in, ids, skip, &order).ok());
+    RefScatter(ref, segment, fresh, ids, skip);
+    std::vector<uint8_t> back(segment_size);
+    ASSERT_EQ(cudaMemcpy(back.data(), device, segment_size, cudaMemcpyDeviceToHost), cudaSuccess);
+    EXPECT_EQ(back, segment);
+    backend->reset();
   }
-
-  // Scatter fresh objects back, skipping a prefix that ends inside a block of object 1.
-  std::vector<Bytes> fresh;
-  std::vector<std::span<const uint8_t>> in;
-  for (size_t i = 0; i < objects_n; ++i) {
-    std::vector<uint8_t> r = RandomBytes(ref.ObjectBytes(), 100 + static_cast<uint32_t>(i));
-    fresh.emplace_back(r.begin(), r.end());
-    std::memcpy(objects[i].data(), r.data(), r.size());
-    in.emplace_back(objects[i].data(), objects[i].size());
-  }
-  const uint32_t skip = static_cast<uint32_t>(spec.chunk + spec.block_size / 2 + 1);
-  ASSERT_TRUE((*backend)->Scatter(in, ids, skip, &order).ok());
-  RefScatter(ref, segment, fresh, ids, skip);
-  std::vector<uint8_t> back(segment_size);
-  ASSERT_EQ(cudaMemcpy(back.data(), device, segment_size, cudaMemcpyDeviceToHost), cudaSuccess);
-  EXPECT_EQ(back, segment);
-  backend->reset();
   cudaFree(device);
 }
 
