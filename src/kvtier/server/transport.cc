@@ -30,6 +30,34 @@ std::span<const uint8_t> Bytes(const std::string& s) {
   return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
 }
 
+// What a zero-copy frame (READ_OBJECTS) keeps alive until ZMQ frees it, on its own I/O thread.
+// libzmq hands the frame over through lock-free pipes that ThreadSanitizer cannot see (it is not
+// instrumented), so the handover is also made through a lock, which costs nothing measurable
+// next to sending an object.
+struct FrameHold {
+  std::shared_ptr<const void> hold;
+
+  static Mutex& HandoverMutex() {
+    static Mutex mu;
+    return mu;
+  }
+  static std::unique_ptr<FrameHold> Make(std::shared_ptr<const void> hold) {
+    MutexLock lock(&HandoverMutex());
+    return std::unique_ptr<FrameHold>(new FrameHold{std::move(hold)});
+  }
+  // ZMQ's free function (any thread). The holder is dropped outside the lock: it may release
+  // L1 read locks.
+  static void Free(void* /*data*/, void* hint) {
+    std::shared_ptr<const void> hold;
+    {
+      MutexLock lock(&HandoverMutex());
+      auto* frame = static_cast<FrameHold*>(hint);
+      hold = std::move(frame->hold);
+      delete frame;
+    }
+  }
+};
+
 }  // namespace
 
 // What reply functions share with the I/O thread; outlives the Transport while a reply function
@@ -152,11 +180,9 @@ void Transport::Loop(zmq::socket_t& socket) {
         // READ_OBJECTS: one frame per object, sent from where it lies (no copy); each frame
         // keeps the bytes' holder (L1 read locks) until ZMQ is done with it.
         for (size_t i = 0; i < extra.size(); ++i) {
-          auto keep = std::make_unique<std::shared_ptr<const void>>(out.frames.hold);
-          zmq::message_t part(
-              const_cast<uint8_t*>(extra[i].data()), extra[i].size(),
-              [](void*, void* hint) { delete static_cast<std::shared_ptr<const void>*>(hint); },
-              keep.get());
+          std::unique_ptr<FrameHold> keep = FrameHold::Make(out.frames.hold);
+          zmq::message_t part(const_cast<uint8_t*>(extra[i].data()), extra[i].size(),
+                              &FrameHold::Free, keep.get());
           keep.release();  // the message owns it now
           socket.send(part,
                       i + 1 < extra.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
