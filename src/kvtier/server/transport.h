@@ -2,8 +2,10 @@
 //
 // One I/O thread owns the ROUTER socket (bound to every endpoint) and nothing else touches it.
 // It decodes each message, answers malformed ones at once with an error reply, and hands good
-// requests to a pool: STORE and RETRIEVE to the transfer pool, on a thread chosen by the
-// client's identity (one client's copies stay in order), everything else to the control pool.
+// requests to a pool: STORE, RETRIEVE and READ_OBJECTS to the transfer pool, on a thread chosen
+// by the client's identity (one client's copies stay in order), everything else to the control
+// pool. A READ_OBJECTS reply's objects go out as extra frames without a copy; Stop returns once
+// ZMQ released them (and with them the reply's holder: its L1 read locks).
 // Handlers reply from any thread, any time later, through a queue that the I/O thread drains
 // when an eventfd says it is not empty. Every request gets exactly one reply: a full pool is a
 // retryable kResourceExhausted error, a handler that throws is a kInternal error.
