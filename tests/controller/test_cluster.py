@@ -473,3 +473,20 @@ def test_peer_fetch_loads_a_chunk_another_server_holds(cluster, tmp_path):
     # A sequence nobody holds misses, peers included.
     assert fetcher.lookup("miss", tokens(2 * CHUNK, 43)) == 0
     assert fetcher.server.status()["storage"]["l2_adapters"][0]["fetched_keys"] == 3
+
+    # Mixed: peer-b holds chunk 0 of U itself, peer-a all 3 chunks: the local chunk comes from
+    # peer-b's L1, the other two from peer-a.
+    U = tokens(3 * CHUNK, 44)
+    holder.store(U, first_block=100)
+    fetcher.cache.shm.buf[:] = fetcher.original  # the engine's own KV again (zeroed above)
+    fetcher.store(U[:CHUNK], first_block=120)
+    wait_until(lambda: cluster.in_sync({"peer-a": 6, "peer-b": 1}),
+               "U in the index", state=cluster.state)
+    assert cluster.lookup(U) == [("peer-a", 3), ("peer-b", 1)]
+    assert fetcher.lookup("mixed", U) == 3
+    fetcher.cache.zero()
+    assert fetcher.retrieve("mixed", U, 3, first_block=0)["retrieved_chunks"] == 3
+    assert_same_kv(fetcher, 120, fetcher, 0, BPC)
+    assert_same_kv(holder, 100 + BPC, fetcher, BPC, 2 * BPC)
+    fetcher.client.call("END_SESSION", request_id="mixed")
+    assert fetcher.server.status()["storage"]["l2_adapters"][0]["fetched_keys"] == 5
