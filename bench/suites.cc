@@ -4,6 +4,10 @@ namespace kvtier::bench {
 
 const std::vector<Suite>& AllSuites() {
   static const std::vector<Suite> suites = {
+      {"controller",
+       "cluster registry Admit ingest and FindKv vs absl::flat_hash_map; controller LOOKUP RPC "
+       "vs bare ZMQ echo (ipc, tcp)",
+       RunControllerSuite},
       {"gpu",
        "GPU path: kernels to mapped pinned memory vs staging + DMA; server STORE/RETRIEVE GB/s vs "
        "pinned cudaMemcpy (needs a CUDA build and a GPU)",
