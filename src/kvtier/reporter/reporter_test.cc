@@ -4,6 +4,7 @@
 // a listener that never blocks while the controller is down.
 #include "kvtier/reporter/reporter.h"
 
+#include <algorithm>
 #include <atomic>
 #include <set>
 #include <thread>
@@ -208,6 +209,15 @@ TEST_F(ReporterTest, AFullSyncCommandSendsExactlyTheL1Keys) {
   StartAll();
   const std::vector<ObjectKey> keys = Admit(100, 30);
   WaitIndex(keys);
+  // The controller has every batch; the reporter counts a batch as sent after the send returns,
+  // so wait for its count to catch up with the last seq the controller saw.
+  uint64_t last_seen = 0;
+  for (const controller::Event& e : fake_->Observe().events) {
+    if (const auto* kv = std::get_if<controller::KvEvent>(&e))
+      last_seen = std::max(last_seen, kv->seq);
+  }
+  ASSERT_TRUE(reporter_->WaitForStats(
+      [&](const ReporterStats& st) { return st.locations[0].last_seq == last_seen; }, kWait));
   const uint64_t seq_before = reporter_->stats().locations[0].last_seq;
   fake_->QueueCommand({controller::CommandKind::kFullSync, "", "L1", "seq_gap"});
   WaitSyncs(2);
