@@ -107,7 +107,10 @@ def test_a_real_server_reports_to_the_controller_across_a_restart(controller_fac
                                        what="the re-sync") == keys
             _, dash = controller.http("/api/dashboard")
             kinds = {e["kind"] for e in dash["events"]}
-            assert {"reregister", "registered", "sync_completed"} <= kinds, kinds
+            # The server may notice the restart from a heartbeat answered "reregister" (logged
+            # as such) or register again before its next heartbeat: either way it registered
+            # and full-synced with the new controller.
+            assert {"registered", "sync_completed"} <= kinds, kinds
 
             # The server leaves with DEREGISTER.
             assert server.stop() == 0
