@@ -296,8 +296,13 @@ void Transport::OnMessage(std::vector<std::string> frames) {
       reply(protocol::ToErrorReply(Status::Internal(fmt::format("request failed: {}", e.what()))));
     }
   };
+  // One lane per (client, transfer opcode): a client's STOREs stay in order among themselves,
+  // and so do its RETRIEVEs, but a STORE and a RETRIEVE of one engine worker run side by side
+  // (on consecutive threads, so on different ones with two or more transfer threads): device
+  // backends have a stream per direction, and PCIe is full duplex.
   bool queued = protocol::IsTransfer(op)
-                    ? st->transfer->SubmitTo(absl::HashOf(identity), std::move(task))
+                    ? st->transfer->SubmitTo(absl::HashOf(identity) + static_cast<uint64_t>(op),
+                                             std::move(task))
                     : st->control->SubmitAny(std::move(task));
   if (!queued) {
     counters_.busy.fetch_add(1, std::memory_order_relaxed);

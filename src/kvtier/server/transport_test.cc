@@ -254,6 +254,55 @@ TEST_F(TransportTest, TransfersOfOneClientRunOnOneThreadInOrder) {
   }
 }
 
+// A STORE and a RETRIEVE of one client run at once: the STORE waits (with a deadline) until the
+// RETRIEVE has started, which can only happen on another thread.
+TEST_F(TransportTest, StoreAndRetrieveOfOneClientRunSideBySide) {
+  std::latch retrieve_started(1);
+  std::atomic<bool> overlapped{false};
+  TransportOptions o;
+  o.transfer_threads = 2;
+  Start(
+      [&](const protocol::Request& r, Transport::ReplyFn reply) {
+        if (std::holds_alternative<protocol::StoreRequest>(r)) {
+          const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+          while (!retrieve_started.try_wait() && std::chrono::steady_clock::now() < deadline) {
+            std::this_thread::yield();
+          }
+          overlapped = retrieve_started.try_wait();
+          reply(protocol::StoreReply{});
+          return;
+        }
+        if (std::holds_alternative<protocol::RetrieveRequest>(r)) {
+          retrieve_started.count_down();
+          reply(protocol::RetrieveReply{});
+          return;
+        }
+        Echo(r, std::move(reply));
+      },
+      o);
+  RawClient c(ctx_, endpoint_);
+  protocol::StoreRequest s;
+  s.instance_id = "w";
+  s.key.model = "m";
+  s.key.worker_rank = 0;
+  s.key.request_id = "r";
+  s.key.tokens.assign(256, 1);
+  s.block_ids = {1};
+  protocol::RetrieveRequest q;
+  q.instance_id = "w";
+  q.key = s.key;
+  q.block_ids = {1};
+  c.Send(1, s);
+  c.Send(2, q);
+  std::map<uint64_t, bool> errors;
+  for (int i = 0; i < 2; ++i) {
+    auto r = c.Receive();
+    errors[r.header.request_id] = std::holds_alternative<protocol::ErrorReply>(r.reply);
+  }
+  EXPECT_EQ(errors, (std::map<uint64_t, bool>{{1, false}, {2, false}}));
+  EXPECT_TRUE(overlapped.load()) << "the STORE finished before the RETRIEVE started";
+}
+
 TEST_F(TransportTest, StopSendsTheRepliesOfQueuedRequestsAndDropsLaterOnes) {
   std::latch release(1), started(1);
   std::atomic<bool> first{true};

@@ -19,7 +19,8 @@
 // Thread safety: a backend is immutable after creation. Concurrent calls are safe as long as no
 // block or object is written by one call while another reads or writes it (concurrent Gathers
 // of the same blocks are fine; a Scatter into blocks another call touches is a data race on the
-// engine's memory). The server runs one engine worker's transfers on one thread, in order.
+// engine's memory). The server runs one engine worker's transfers of one kind (STORE, RETRIEVE) on
+// one thread, in order; a STORE and a RETRIEVE of one worker may run at once.
 #pragma once
 
 #include <cstdint>
