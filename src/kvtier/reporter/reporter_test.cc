@@ -189,8 +189,13 @@ TEST_F(ReporterTest, AdmitsAndEvictsArriveBatchedWithContiguousSeqs) {
   EXPECT_EQ(evicts, 10u);
   EXPECT_GE(events, 60 / kBatchKeys);
   EXPECT_EQ(s.seq_gaps, 0u);
+  // The stats catch up after the sends return: wait for the batch count and the location's seq.
   ASSERT_TRUE(reporter_->WaitForStats(
-      [&](const ReporterStats& st) { return st.batches_sent == events; }, kWait));
+      [&](const ReporterStats& st) {
+        return st.batches_sent == events && !st.locations.empty() &&
+               st.locations[0].last_seq == expected_seq - 1;
+      },
+      kWait));
   const ReporterStats stats = reporter_->stats();
   EXPECT_EQ(stats.keys_reported, reported);
   EXPECT_EQ(stats.events_dropped, 0u);
@@ -274,9 +279,12 @@ TEST_F(ReporterTest, ANewControllerEpochReregistersAndFullSyncs) {
   ASSERT_TRUE(fake_->WaitFor(
       [](const State& s) { return s.registers.size() >= 2 && s.completed_syncs >= 2; }, kWait));
   WaitIndex(keys);
+  ASSERT_TRUE(reporter_->WaitForStats(
+      [](const ReporterStats& st) {
+        return st.reregistrations >= 1 && st.controller_epoch == 0x2222u;
+      },
+      kWait));
   const ReporterStats stats = reporter_->stats();
-  EXPECT_GE(stats.reregistrations, 1u);
-  EXPECT_EQ(stats.controller_epoch, 0x2222u);
   EXPECT_EQ(stats.registration_id, fake_->Observe().registration_id);
 }
 
