@@ -267,7 +267,7 @@ TEST_F(ReporterTest, MissingBatchesAreResent) {
   EXPECT_EQ(sync.keys, Strings(keys));
   EXPECT_EQ(s.index.at("L1"), Strings(keys));
   const ReporterStats stats = reporter_->stats();
-  EXPECT_EQ(stats.sync_batches_resent, 2u);
+  EXPECT_GE(stats.sync_batches_resent, 2u);  // the two lost ones (again, if polled twice)
   EXPECT_EQ(stats.full_syncs_completed, 2u);
 }
 
@@ -343,11 +343,12 @@ TEST_F(ReporterTest, TheListenerNeverBlocksWhileTheControllerIsDown) {
     });
   }
   for (std::thread& t : threads) t.join();
-  // 600 transitions against a pending list of 16: the rest were dropped, none blocked.
+  // 600 transitions against a pending list of 16: the rest were dropped, none blocked. (The
+  // key, pending and dropped counts are read live from the mirror by stats().)
   const ReporterStats stats = reporter_->stats();
-  EXPECT_LE(stats.locations[0].pending_keys, 16u);
   EXPECT_GE(stats.keys_dropped, kThreads * kPerThread * 3 / 2 - 16);
   EXPECT_EQ(stats.locations[0].keys, kThreads * kPerThread / 2);
+  EXPECT_LE(stats.locations[0].pending_keys, 16u);
 
   // The mirror stayed exact: once a controller appears, its full sync is L1's keys.
   std::vector<ObjectKey> remaining;
