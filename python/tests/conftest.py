@@ -9,6 +9,7 @@ stub for now and every test using it is skipped while KVTIER_BIN is not set.
 
 from __future__ import annotations
 
+import gc
 import os
 import shlex
 import socket
@@ -43,6 +44,10 @@ def fake_server() -> Iterator:
     yield start
     for server in servers:
         server.close()
+    # Finalise unreachable pyzmq objects now, on this thread: left to a later garbage collection
+    # they can be finalised on another thread in the middle of its socket calls (libzmq sockets
+    # are not thread-safe), which aborted the process once under a loaded ctest run.
+    gc.collect()
 
 
 def _free_port() -> int:
