@@ -55,12 +55,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-#define BENCH_CUDA(call)                                      \
-  do {                                                        \
-    const cudaError_t e_ = (call);                            \
-    if (e_ != cudaSuccess) return gpu::CudaStatus(#call, e_); \
-  } while (false)
-
 template <typename T>
 T Must(sync::MessagingFuture<T> f, const char* what) {
   auto r = f.Result(std::chrono::seconds(120));
@@ -96,13 +90,13 @@ Status MeasureMemcpy(uint64_t bytes, int rounds, Baselines* out) {
   void* host = nullptr;
   void* dev2 = nullptr;
   void* host2 = nullptr;
-  BENCH_CUDA(cudaMalloc(&dev, bytes));
-  BENCH_CUDA(cudaMalloc(&dev2, bytes));
-  BENCH_CUDA(cudaHostAlloc(&host, bytes, cudaHostAllocDefault));
-  BENCH_CUDA(cudaHostAlloc(&host2, bytes, cudaHostAllocDefault));
+  KVT_CUDA_RETURN_IF_ERROR(cudaMalloc(&dev, bytes));
+  KVT_CUDA_RETURN_IF_ERROR(cudaMalloc(&dev2, bytes));
+  KVT_CUDA_RETURN_IF_ERROR(cudaHostAlloc(&host, bytes, cudaHostAllocDefault));
+  KVT_CUDA_RETURN_IF_ERROR(cudaHostAlloc(&host2, bytes, cudaHostAllocDefault));
   cudaStream_t s1, s2;
-  BENCH_CUDA(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking));
-  BENCH_CUDA(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
+  KVT_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking));
+  KVT_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
   constexpr uint64_t kPiece = 32ull << 20;
   auto copy = [&](void* dst, const void* src, cudaMemcpyKind kind, cudaStream_t s) {
     for (uint64_t off = 0; off < bytes; off += kPiece) {
@@ -135,7 +129,7 @@ Status MeasureMemcpy(uint64_t bytes, int rounds, Baselines* out) {
   }
   std::sort(us.begin(), us.end());
   out->one_chunk_h2d_us = us[us.size() / 2];
-  BENCH_CUDA(cudaGetLastError());
+  KVT_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   cudaStreamDestroy(s1);
   cudaStreamDestroy(s2);
   cudaFree(dev);
@@ -154,18 +148,19 @@ Status MeasureKernels(const SuiteOptions& options, const Baselines& base, Report
   const uint64_t object = m.ObjectBytes(kChunk);
   const int rounds = options.quick ? 2 : 10;
   std::vector<void*> layers(m.layers);
-  for (auto& l : layers) BENCH_CUDA(cudaMalloc(&l, m.LayerBytes(blocks)));
+  for (auto& l : layers) KVT_CUDA_RETURN_IF_ERROR(cudaMalloc(&l, m.LayerBytes(blocks)));
   void* host = nullptr;
-  BENCH_CUDA(cudaHostAlloc(&host, object * chunks, cudaHostAllocMapped));
+  KVT_CUDA_RETURN_IF_ERROR(cudaHostAlloc(&host, object * chunks, cudaHostAllocMapped));
   void* staging = nullptr;
   constexpr uint32_t kStaged = 4;  // chunks per staging batch
-  BENCH_CUDA(cudaMalloc(&staging, object * kStaged));
+  KVT_CUDA_RETURN_IF_ERROR(cudaMalloc(&staging, object * kStaged));
 
   std::vector<uint64_t> layer_addr, host_objs, staged_objs;
   for (void* l : layers) layer_addr.push_back(reinterpret_cast<uint64_t>(l));
   for (uint32_t i = 0; i < chunks; ++i) {
     void* dp = nullptr;
-    BENCH_CUDA(cudaHostGetDevicePointer(&dp, static_cast<uint8_t*>(host) + i * object, 0));
+    KVT_CUDA_RETURN_IF_ERROR(
+        cudaHostGetDevicePointer(&dp, static_cast<uint8_t*>(host) + i * object, 0));
     host_objs.push_back(reinterpret_cast<uint64_t>(dp));
   }
   for (uint32_t i = 0; i < kStaged; ++i)
@@ -197,7 +192,7 @@ Status MeasureKernels(const SuiteOptions& options, const Baselines& base, Report
   p.block_stride = uint64_t{m.block} * p.token_bytes;
   p.layer_base = d_layers;
   cudaStream_t s;
-  BENCH_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  KVT_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
 
   auto run = [&](auto&& body) -> double {
     body();
@@ -236,7 +231,7 @@ Status MeasureKernels(const SuiteOptions& options, const Baselines& base, Report
   const double gather_staged = gb / run([&] { staged(true); });
   const double scatter_direct = gb / run([&] { direct(false); });
   const double scatter_staged = gb / run([&] { staged(false); });
-  BENCH_CUDA(cudaGetLastError());
+  KVT_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   reporter->Add({"kernel_gather_mapped_llama8b_GBps", gather_direct, "GB/s",
                  "memcpy_pinned_d2h_GBps", base.d2h});
   reporter->Add({"kernel_gather_staged_dma_llama8b_GBps", gather_staged, "GB/s",
@@ -326,8 +321,8 @@ Status MeasureServer(const SuiteOptions& options, const Model& m, const Baseline
 
   std::vector<void*> layers(m.layers);
   for (auto& l : layers) {
-    BENCH_CUDA(cudaMalloc(&l, m.LayerBytes(blocks)));
-    BENCH_CUDA(cudaMemset(l, 0x5a, m.LayerBytes(blocks)));
+    KVT_CUDA_RETURN_IF_ERROR(cudaMalloc(&l, m.LayerBytes(blocks)));
+    KVT_CUDA_RETURN_IF_ERROR(cudaMemset(l, 0x5a, m.LayerBytes(blocks)));
   }
   protocol::Layout layout{m.layers, blocks, m.block, m.heads, m.dim, protocol::DType::kBf16,
                           m.format, {}};
@@ -336,7 +331,7 @@ Status MeasureServer(const SuiteOptions& options, const Model& m, const Baseline
   Must(client->RegisterKvCache(reg), "register");
   KVT_ASSIGN_OR_RETURN(gpu::EngineEvent event, gpu::EngineEvent::Create(0));
   cudaStream_t stream;
-  BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  KVT_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
 
   std::vector<uint32_t> store_blocks(chunks * bpc), load_blocks(chunks * bpc);
   for (uint32_t i = 0; i < chunks * bpc; ++i) {
@@ -449,7 +444,7 @@ Status RunGpuSuite(const SuiteOptions& options, Reporter* reporter) {
     return Status::Unavailable("kvtier bench gpu: no CUDA device is visible");
   }
   cudaDeviceProp prop;
-  BENCH_CUDA(cudaGetDeviceProperties(&prop, 0));
+  KVT_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, 0));
   fmt::print(stderr, "bench gpu: {} ({} SMs)\n", prop.name, prop.multiProcessorCount);
   Baselines base;
   KVT_RETURN_IF_ERROR(MeasureMemcpy(kLlama.ObjectBytes(kChunk) * (options.quick ? 4 : 16),

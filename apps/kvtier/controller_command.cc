@@ -3,14 +3,13 @@
 #include <cstdio>
 
 #include <fmt/format.h>
-#include <pthread.h>
-#include <signal.h>
 
 #include "kvtier/common/logging.h"
 #include "kvtier/controller/controller_config.h"
 #include "kvtier/controller/controller_service.h"
 
 #include "commands.h"
+#include "shutdown_signals.h"
 
 namespace kvtier::apps {
 
@@ -46,13 +45,7 @@ int RunController(const ControllerArgs& args) {
     if (Status s = InitLogging(cfg.log_level); !s.ok()) return fail(s);
   }
 
-  // Signals are taken synchronously by this thread: block them before any thread starts, so
-  // every thread inherits the mask.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  const ShutdownSignals signals;  // before any thread starts
 
   auto service = controller::ControllerService::Start(cfg.options);
   if (!service) {
@@ -69,10 +62,7 @@ int RunController(const ControllerArgs& args) {
              (*service)->epoch());
   std::fflush(stdout);
 
-  int sig = 0;
-  while (sigwait(&signals, &sig) != 0) {
-  }
-  KVT_LOG_INFO("received {}, shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  signals.Wait();
   (*service)->Stop();
   return 0;
 }

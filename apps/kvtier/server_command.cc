@@ -3,8 +3,6 @@
 #include <cstdio>
 
 #include <fmt/format.h>
-#include <pthread.h>
-#include <signal.h>
 #include <unistd.h>
 
 #include "kvtier/common/logging.h"
@@ -12,6 +10,7 @@
 #include "kvtier/service/service.h"
 
 #include "commands.h"
+#include "shutdown_signals.h"
 
 namespace kvtier::apps {
 namespace {
@@ -76,13 +75,7 @@ int RunServer(const ServerArgs& args) {
     if (Status s = InitLogging(cfg.log_level); !s.ok()) return fail(s);
   }
 
-  // Signals are taken synchronously by this thread: block them before any thread starts, so
-  // every thread inherits the mask.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  const ShutdownSignals signals;  // before any thread starts
 
   auto service = service::Service::Start(ToServiceOptions(cfg));
   if (!service) {
@@ -96,10 +89,7 @@ int RunServer(const ServerArgs& args) {
                  : std::string());
   std::fflush(stdout);
 
-  int sig = 0;
-  while (sigwait(&signals, &sig) != 0) {
-  }
-  KVT_LOG_INFO("received {}, shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  signals.Wait();
   const bool flushed = (*service)->Shutdown();
   return flushed ? 0 : 1;
 }
