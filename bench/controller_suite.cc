@@ -27,6 +27,7 @@
 #include "kvtier/controller/controller_service.h"
 
 #include "suites.h"
+#include "zmq_echo.h"
 
 namespace kvtier::bench {
 namespace {
@@ -39,14 +40,6 @@ using cluster::RunReport;
 using cluster::WorkloadOptions;
 
 double Micros(Clock::duration d) { return std::chrono::duration<double, std::micro>(d).count(); }
-
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const size_t i =
-      std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size() - 1) + 0.5));
-  return v[i];
-}
 
 // ---- Registry: ingest and FindKv -----------------------------------------------------------
 
@@ -216,36 +209,6 @@ bool FullMatches(const controller::LookupReply& reply) {
   }
   return true;
 }
-
-// Bare ZMQ: a ROUTER thread echoing [identity, frame] as fast as it can.
-struct EchoServer {
-  explicit EchoServer(const std::string& endpoint) : socket(ctx, zmq::socket_type::router) {
-    socket.set(zmq::sockopt::linger, 0);
-    socket.bind(endpoint);
-    bound = socket.get(zmq::sockopt::last_endpoint);
-    thread = std::thread([this] {
-      zmq::pollitem_t item{socket.handle(), 0, ZMQ_POLLIN, 0};
-      while (!stop.load()) {
-        zmq::poll(&item, 1, std::chrono::milliseconds(20));
-        if (!(item.revents & ZMQ_POLLIN)) continue;
-        zmq::message_t id, frame;
-        (void)socket.recv(id);
-        (void)socket.recv(frame);
-        socket.send(id, zmq::send_flags::sndmore);
-        socket.send(frame, zmq::send_flags::none);
-      }
-    });
-  }
-  ~EchoServer() {
-    stop.store(true);
-    thread.join();
-  }
-  zmq::context_t ctx{1};
-  zmq::socket_t socket;
-  std::string bound;
-  std::atomic<bool> stop{false};
-  std::thread thread;
-};
 
 struct Latencies {
   std::vector<double> us;

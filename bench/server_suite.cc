@@ -24,6 +24,7 @@
 #include "kvtier/service/service.h"
 
 #include "suites.h"
+#include "zmq_echo.h"
 
 namespace kvtier::bench {
 namespace {
@@ -31,14 +32,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 double Micros(Clock::duration d) { return std::chrono::duration<double, std::micro>(d).count(); }
-
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const size_t i =
-      std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size() - 1) + 0.5));
-  return v[i];
-}
 
 // A POSIX shared-memory segment (the engine's paged KV cache).
 class Shm {
@@ -87,38 +80,6 @@ T Must(const MessagingFuture<T>& f, const char* what) {
 }
 
 // ---- LOOKUP round trips ------------------------------------------------------------------
-
-// Bare ZMQ: a ROUTER thread echoing [id, header, payload] as fast as it can.
-struct EchoServer {
-  explicit EchoServer(const std::string& endpoint) : socket(ctx, zmq::socket_type::router) {
-    socket.set(zmq::sockopt::linger, 0);
-    socket.bind(endpoint);
-    bound = socket.get(zmq::sockopt::last_endpoint);
-    thread = std::thread([this] {
-      zmq::pollitem_t item{socket.handle(), 0, ZMQ_POLLIN, 0};
-      while (!stop.load()) {
-        zmq::poll(&item, 1, std::chrono::milliseconds(20));
-        if (!(item.revents & ZMQ_POLLIN)) continue;
-        zmq::message_t id, h, p;
-        (void)socket.recv(id);
-        (void)socket.recv(h);
-        (void)socket.recv(p);
-        socket.send(id, zmq::send_flags::sndmore);
-        socket.send(h, zmq::send_flags::sndmore);
-        socket.send(p, zmq::send_flags::none);
-      }
-    });
-  }
-  ~EchoServer() {
-    stop.store(true);
-    thread.join();
-  }
-  zmq::context_t ctx{1};
-  zmq::socket_t socket;
-  std::string bound;
-  std::atomic<bool> stop{false};
-  std::thread thread;
-};
 
 struct Latencies {
   std::vector<double> us;
@@ -247,7 +208,8 @@ Status Bandwidth(const SuiteOptions& options, Reporter* reporter) {
   so.copy_threads = 1;  // plus the transfer thread itself: 2 threads copy
   so.host_transfer.min_parallel_bytes = 1;
   so.storage.l1.capacity_bytes = request_bytes * 2 + (64ull << 20);
-  so.storage.l1.populate = true;  // steady state: L1 pages are faulted in at start (as in production)
+  so.storage.l1.populate =
+      true;  // steady state: L1 pages are faulted in at start (as in production)
   so.admin_enabled = false;
   KVT_ASSIGN_OR_RETURN(auto service, service::Service::Start(so));
   ClientOptions co;
