@@ -130,6 +130,11 @@ Status CudaBackend::Init(std::span<const uint64_t> layer_addresses) {
                                       cudaMemcpyHostToDevice));
   params_ = MakeKvCopyParams(geometry());
   params_.layer_base = dev_layers_;
+  if (options_.staging_objects >= 2) {
+    const uint64_t want = (kStagingGroupBytes + object_size() - 1) / object_size();
+    group_objects_ = static_cast<uint32_t>(std::min<uint64_t>(want, options_.staging_objects / 2));
+    groups_ = options_.staging_objects / group_objects_;
+  }
   KVT_RETURN_IF_ERROR(InitLane(&gather_lane_));
   return InitLane(&scatter_lane_);
 }
@@ -137,7 +142,13 @@ Status CudaBackend::Init(std::span<const uint64_t> layer_addresses) {
 Status CudaBackend::InitLane(Lane* lane) {
   const size_t objects = options_.max_objects_per_launch;
   const size_t ids = objects * blocks_per_chunk();
-  KVT_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&lane->stream, cudaStreamNonBlocking));
+  const bool staged = options_.mode == CudaCopyMode::kStagedDma;
+  const uint32_t slots = staged ? group_objects_ * groups_ : 0;
+  for (int i = 0; i < (staged && groups_ > 1 ? 2 : 1); ++i) {
+    KVT_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&lane->streams[i], cudaStreamNonBlocking));
+  }
+  KVT_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&lane->fork, cudaEventDisableTiming));
+  KVT_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&lane->join, cudaEventDisableTiming));
   KVT_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(
       &lane->done, cudaEventInterprocess | cudaEventDisableTiming | cudaEventBlockingSync));
   cudaIpcEventHandle_t handle;
@@ -146,9 +157,10 @@ Status CudaBackend::InitLane(Lane* lane) {
   KVT_CUDA_RETURN_IF_ERROR(cudaHostAlloc(&lane->host_ids, ids * sizeof(uint32_t), 0));
   KVT_CUDA_RETURN_IF_ERROR(cudaHostAlloc(&lane->host_objects, objects * sizeof(uint64_t), 0));
   KVT_CUDA_RETURN_IF_ERROR(cudaMalloc(&lane->dev_ids, ids * sizeof(uint32_t)));
-  KVT_CUDA_RETURN_IF_ERROR(cudaMalloc(&lane->dev_objects, objects * sizeof(uint64_t)));
-  if (options_.mode == CudaCopyMode::kStagedDma) {
-    const uint32_t slots = options_.staging_objects;
+  // Mapped: the objects of a round; staged: the staging slots' addresses.
+  KVT_CUDA_RETURN_IF_ERROR(
+      cudaMalloc(&lane->dev_objects, (staged ? slots : objects) * sizeof(uint64_t)));
+  if (staged) {
     KVT_CUDA_RETURN_IF_ERROR(cudaMalloc(&lane->staging, uint64_t{slots} * object_size()));
     std::vector<uint64_t> addresses(slots);
     for (uint32_t i = 0; i < slots; ++i) {
@@ -161,14 +173,20 @@ Status CudaBackend::InitLane(Lane* lane) {
 }
 
 void CudaBackend::DestroyLane(Lane* lane) {
-  if (lane->stream != nullptr) cudaStreamSynchronize(lane->stream);
+  for (cudaStream_t stream : lane->streams) {
+    if (stream != nullptr) cudaStreamSynchronize(stream);
+  }
   if (lane->staging != nullptr) cudaFree(lane->staging);
   if (lane->dev_objects != nullptr) cudaFree(lane->dev_objects);
   if (lane->dev_ids != nullptr) cudaFree(lane->dev_ids);
   if (lane->host_objects != nullptr) cudaFreeHost(lane->host_objects);
   if (lane->host_ids != nullptr) cudaFreeHost(lane->host_ids);
-  if (lane->done != nullptr) cudaEventDestroy(lane->done);
-  if (lane->stream != nullptr) cudaStreamDestroy(lane->stream);
+  for (cudaEvent_t event : {lane->fork, lane->join, lane->done}) {
+    if (event != nullptr) cudaEventDestroy(event);
+  }
+  for (cudaStream_t stream : lane->streams) {
+    if (stream != nullptr) cudaStreamDestroy(stream);
+  }
 }
 
 CudaBackend::~CudaBackend() {
@@ -210,6 +228,8 @@ Status CudaBackend::Run(bool gather, Lane* lane, std::span<const uint32_t> block
   MutexLock lock(&lane->mu);
   DeviceGuard guard(device_);
   KVT_RETURN_IF_ERROR(guard.status());
+  const bool staged = options_.mode == CudaCopyMode::kStagedDma;
+  const int num_streams = lane->streams[1] != nullptr ? 2 : 1;
   if (order != nullptr && order->wait_event.has_value()) {
     cudaIpcEventHandle_t h;
     std::memcpy(h.reserved, order->wait_event->data(), order->wait_event->size());
@@ -219,25 +239,30 @@ Status CudaBackend::Run(bool gather, Lane* lane, std::span<const uint32_t> block
       return Status::InvalidArgument(fmt::format(
           "{}: the engine's event_ipc_handle could not be opened: {}", op, s.message()));
     }
-    const cudaError_t err = cudaStreamWaitEvent(lane->stream, engine_event, 0);
-    cudaEventDestroy(engine_event);  // the wait is enqueued; the event may go
+    cudaError_t err = cudaSuccess;
+    for (int i = 0; i < num_streams && err == cudaSuccess; ++i) {
+      err = cudaStreamWaitEvent(lane->streams[i], engine_event, 0);
+    }
+    cudaEventDestroy(engine_event);  // the waits are enqueued; the event may go
     if (err != cudaSuccess) return CudaStatus("cudaStreamWaitEvent", err);
   }
 
   const uint32_t bpc = blocks_per_chunk();
   const size_t per_round = options_.max_objects_per_launch;
-  const bool staged = options_.mode == CudaCopyMode::kStagedDma;
+  const size_t step = staged ? group_objects_ : per_round;
+  cudaStream_t main_stream = lane->streams[0];
+  size_t group = 0;  // staged: the next staging group, used in turn across rounds
   for (size_t first = 0; first < objects.size(); first += per_round) {
     const size_t n = std::min(per_round, objects.size() - first);
     if (first > 0) {
       // The pinned id and pointer arrays are about to be rewritten: the previous round's upload
       // must have happened.
-      KVT_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(lane->stream));
+      KVT_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(main_stream));
     }
     std::memcpy(lane->host_ids, block_ids.data() + first * bpc, n * bpc * sizeof(uint32_t));
     KVT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(lane->dev_ids, lane->host_ids,
                                              n * bpc * sizeof(uint32_t), cudaMemcpyHostToDevice,
-                                             lane->stream));
+                                             main_stream));
     if (!staged) {
       for (size_t i = 0; i < n; ++i) {
         lane->host_objects[i] =
@@ -245,42 +270,58 @@ Status CudaBackend::Run(bool gather, Lane* lane, std::span<const uint32_t> block
       }
       KVT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(lane->dev_objects, lane->host_objects,
                                                n * sizeof(uint64_t), cudaMemcpyHostToDevice,
-                                               lane->stream));
+                                               main_stream));
     }
-    // Staged: slots of staging_objects objects; the kernel and the DMA copies of one slot run
-    // in stream order (the kernel is HBM-bound, a few percent of the PCIe time).
-    const size_t step = staged ? options_.staging_objects : n;
+    if (num_streams == 2) {
+      // The second stream reads the ids too; it also must not overwrite them before the first
+      // stream's previous round is done with them (that stream was synchronised above, and the
+      // second one is joined into it below).
+      KVT_CUDA_RETURN_IF_ERROR(cudaEventRecord(lane->fork, main_stream));
+      KVT_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(lane->streams[1], lane->fork, 0));
+    }
+    // Staged: group g uses slots [g * group_objects_, (g + 1) * group_objects_) and always
+    // stream g % 2, so its next use waits for its last DMA in stream order, while the next
+    // group's kernel runs beside this group's DMA on the other stream.
     for (size_t at = 0; at < n; at += step) {
       const size_t m = std::min(step, n - at);
+      cudaStream_t stream = staged ? lane->streams[group % num_streams] : main_stream;
+      uint8_t* slots = staged ? lane->staging + group * group_objects_ * object_size() : nullptr;
       KvCopyParams p = params_;
       p.block_ids = lane->dev_ids + at * bpc;
-      p.objects = staged ? lane->dev_objects : lane->dev_objects + at;
+      p.objects = staged ? lane->dev_objects + group * group_objects_ : lane->dev_objects + at;
       p.num_objects = static_cast<uint32_t>(m);
       const uint64_t before = uint64_t{first + at} * chunk_size();
       p.skip_tokens = skip > before ? static_cast<uint32_t>(skip - before) : 0;
       if (gather) {
-        KVT_CUDA_RETURN_IF_ERROR(LaunchGather(p, lane->stream));
+        KVT_CUDA_RETURN_IF_ERROR(LaunchGather(p, stream));
         for (size_t i = 0; staged && i < m; ++i) {
-          KVT_CUDA_RETURN_IF_ERROR(
-              cudaMemcpyAsync(const_cast<uint8_t*>(objects[first + at + i].data()),
-                              lane->staging + i * object_size(), object_size(),
-                              cudaMemcpyDeviceToHost, lane->stream));
+          KVT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(
+              const_cast<uint8_t*>(objects[first + at + i].data()), slots + i * object_size(),
+              object_size(), cudaMemcpyDeviceToHost, stream));
         }
       } else {
         for (size_t i = 0; staged && i < m; ++i) {
-          KVT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(lane->staging + i * object_size(),
+          KVT_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(slots + i * object_size(),
                                                    objects[first + at + i].data(), object_size(),
-                                                   cudaMemcpyHostToDevice, lane->stream));
+                                                   cudaMemcpyHostToDevice, stream));
         }
-        KVT_CUDA_RETURN_IF_ERROR(LaunchScatter(p, lane->stream));
+        KVT_CUDA_RETURN_IF_ERROR(LaunchScatter(p, stream));
       }
+      if (staged) group = (group + 1) % groups_;
+    }
+    if (num_streams == 2) {
+      KVT_CUDA_RETURN_IF_ERROR(cudaEventRecord(lane->join, lane->streams[1]));
+      KVT_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(main_stream, lane->join, 0));
     }
   }
-  KVT_CUDA_RETURN_IF_ERROR(cudaEventRecord(lane->done, lane->stream));
+  KVT_CUDA_RETURN_IF_ERROR(cudaEventRecord(lane->done, main_stream));
+  if (order != nullptr) {
+    order->done_event = lane->done_handle;
+    if (order->on_enqueued) order->on_enqueued();
+  }
   // Blocking (not spinning) wait: the objects must be complete before FinishWrite publishes them,
   // and the L1 read locks of a scatter are released right after this returns.
   KVT_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(lane->done));
-  if (order != nullptr) order->done_event = lane->done_handle;
   return Status::OK();
 }
 

@@ -9,12 +9,18 @@
 // retrieve cannot overlap, while copy engines run both directions at once and leave the SMs to
 // the engine.
 //
-// Ordering: a call makes its stream wait on the engine's interprocess event (DeviceOrder), runs
-// the kernels, records the backend's own interprocess event and waits for it on the host, so the
-// objects are complete (gather) or released (scatter) when the call returns; the event's handle
-// goes back to the engine, whose stream can wait on it.
+// Pipelining (kStagedDma): the staging slots form groups (of one 32 MiB chunk, or of several
+// smaller ones), used in turn, and consecutive groups alternate between two streams, so the
+// kernel filling (or draining) one group overlaps the copy engine's DMA of the previous one; a
+// group always uses the same stream, so a slot is reused only after its last DMA.
 //
-// Threading: one stream per direction (gathers on one, scatters on another, so a store and a
+// Ordering: a call makes its streams wait on the engine's interprocess event (DeviceOrder), runs
+// the kernels and copies, joins the streams, records the backend's own interprocess event,
+// reports it through DeviceOrder::on_enqueued (the server replies to the engine then, while the
+// copies still run), and waits for it on the host, so the objects are complete (gather) or
+// released (scatter) when the call returns; the engine's stream can wait on the event.
+//
+// Threading: one lane per direction (gathers on one, scatters on another, so a store and a
 // retrieve overlap); calls in one direction run one at a time. See transfer_backend.h.
 #pragma once
 
@@ -37,6 +43,9 @@ namespace kvtier::gpu {
 
 enum class CudaCopyMode { kStagedDma, kMapped };
 
+// The smallest staging group worth a kernel launch and a stream switch (kStagedDma).
+inline constexpr uint64_t kStagingGroupBytes = 8ull << 20;
+
 struct CudaBackendOptions {
   // The host memory the objects live in (the L1 pool): registered with CUDA as mapped memory.
   // Objects outside it are refused.
@@ -46,7 +55,10 @@ struct CudaBackendOptions {
   // larger calls run in several rounds.
   uint32_t max_objects_per_launch = 256;
   CudaCopyMode mode = CudaCopyMode::kStagedDma;
-  // kStagedDma: chunk objects per staging buffer (one buffer per direction, in device memory).
+  // kStagedDma: chunk objects of device staging memory per direction (so a registration holds
+  // 2 * staging_objects * object size of GPU memory). With two or more, the slots are used as
+  // groups of at least kStagingGroupBytes (and at most half the slots), double-buffered; with
+  // one, a call alternates kernel and DMA on one stream.
   uint32_t staging_objects = 4;
 };
 
@@ -72,7 +84,10 @@ class CudaBackend final : public transfer::TransferBackend {
  private:
   struct Lane {
     Mutex mu;
-    cudaStream_t stream = nullptr;
+    // streams[1] is used only by double-buffered staging (groups > 1).
+    cudaStream_t streams[2] = {nullptr, nullptr};
+    cudaEvent_t fork = nullptr;  // streams[0] -> streams[1] (the ids are uploaded)
+    cudaEvent_t join = nullptr;  // streams[1] -> streams[0] (before `done`)
     cudaEvent_t done = nullptr;  // interprocess, blocking sync
     protocol::CudaIpcHandle done_handle{};
     uint32_t* host_ids = nullptr;  // pinned
@@ -81,6 +96,9 @@ class CudaBackend final : public transfer::TransferBackend {
     uint64_t* dev_objects = nullptr;  // kMapped: per call; kStagedDma: the staging slots
     uint8_t* staging = nullptr;       // kStagedDma: staging_objects objects
   };
+  // kStagedDma: objects per staging group, and groups (slots = group * groups <= staging_objects).
+  uint32_t group_objects_ = 1;
+  uint32_t groups_ = 1;
 
   CudaBackend(const transfer::KvGeometry& geometry, int device, const CudaBackendOptions& options);
   Status Init(std::span<const uint64_t> layer_addresses);

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include <cuda_runtime_api.h>
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "kvtier/transfer/reference_copy.h"
@@ -117,15 +118,27 @@ TEST_P(CudaBackendTest, GatherAndScatterMatchTheReference) {
 
   const uint64_t bpc = spec.chunk / spec.block_size;
   const size_t num_objects = 5;
-  // Both copy modes, one after the other on the same cache (the device state carries over).
-  for (CudaCopyMode mode : {CudaCopyMode::kStagedDma, CudaCopyMode::kMapped}) {
-    SCOPED_TRACE(mode == CudaCopyMode::kStagedDma ? "staged_dma" : "mapped");
+  // Both copy modes, and staging with one slot (kernel and DMA in turn on one stream), two and
+  // three slots (one object per group: double-buffered over two streams, an odd number of
+  // groups), and four (groups of two objects, which a round of three splits), one after the
+  // other on the same cache (the device state carries over). With two or three objects per
+  // round, a call runs several rounds and the skip crosses them.
+  struct Config {
+    CudaCopyMode mode;
+    uint32_t staging_objects;
+    uint32_t per_launch;
+  };
+  for (Config config :
+       {Config{CudaCopyMode::kStagedDma, 1, 2}, Config{CudaCopyMode::kStagedDma, 2, 2},
+        Config{CudaCopyMode::kStagedDma, 3, 2}, Config{CudaCopyMode::kStagedDma, 4, 3},
+        Config{CudaCopyMode::kMapped, 1, 2}}) {
+    SCOPED_TRACE(fmt::format("{}, {} staging objects, {} per launch",
+                             config.mode == CudaCopyMode::kStagedDma ? "staged_dma" : "mapped",
+                             config.staging_objects, config.per_launch));
     HostArena arena(num_objects * 2 * (ref.ObjectBytes() + 4096));
-    // Two objects per round (and two staging slots), so a call runs three rounds and the skip
-    // crosses them.
-    CudaBackendOptions options = arena.Options(2);
-    options.mode = mode;
-    options.staging_objects = 2;
+    CudaBackendOptions options = arena.Options(config.per_launch);
+    options.mode = config.mode;
+    options.staging_objects = config.staging_objects;
     auto backend = CudaBackend::CreateLocal(request.layout, spec.chunk, 0, layers, options);
     ASSERT_TRUE(backend.has_value()) << backend.error().ToString();
     EXPECT_EQ((*backend)->object_size(), ref.ObjectBytes());
@@ -141,9 +154,16 @@ TEST_P(CudaBackendTest, GatherAndScatterMatchTheReference) {
     for (size_t i = 0; i < objects_n; ++i) objects.push_back(arena.Take(ref.ObjectBytes()));
     for (auto& o : objects) std::memset(o.data(), 0xEE, o.size());
 
+    // on_enqueued: once per call, with the done event already set.
     transfer::DeviceOrder order;
+    int enqueued = 0;
+    order.on_enqueued = [&] {
+      ++enqueued;
+      EXPECT_TRUE(order.done_event.has_value());
+    };
     ASSERT_TRUE((*backend)->Gather(ids, objects, &order).ok());
     EXPECT_TRUE(order.done_event.has_value());
+    EXPECT_EQ(enqueued, 1);
     const std::vector<Bytes> expected = RefGather(ref, segment, ids, objects_n);
     for (size_t i = 0; i < objects_n; ++i) {
       ASSERT_EQ(std::memcmp(objects[i].data(), expected[i].data(), expected[i].size()), 0)
@@ -161,6 +181,7 @@ TEST_P(CudaBackendTest, GatherAndScatterMatchTheReference) {
     }
     const uint32_t skip = static_cast<uint32_t>(spec.chunk + spec.block_size / 2 + 1);
     ASSERT_TRUE((*backend)->Scatter(in, ids, skip, &order).ok());
+    EXPECT_EQ(enqueued, 2);
     RefScatter(ref, segment, fresh, ids, skip);
     std::vector<uint8_t> back(segment_size);
     ASSERT_EQ(cudaMemcpy(back.data(), device, segment_size, cudaMemcpyDeviceToHost), cudaSuccess);
@@ -202,11 +223,14 @@ TEST(CudaBackendErrors, BadArgumentsCopyNothing) {
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.ToString();
   EXPECT_NE(s.message().find("not in the L1 host memory"), std::string::npos);
   // A garbage engine event.
+  // A garbage engine event: refused before anything is enqueued, so no early reply either.
   transfer::DeviceOrder order;
   order.wait_event.emplace();
   order.wait_event->fill(0x42);
+  order.on_enqueued = [] { ADD_FAILURE() << "on_enqueued for a refused call"; };
   s = (*backend)->Gather(std::vector<uint32_t>{0, 1, 2, 3}, objects, &order);
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.ToString();
+  EXPECT_FALSE(order.done_event.has_value());
   // Still usable afterwards.
   EXPECT_TRUE((*backend)->Gather(std::vector<uint32_t>{0, 1, 2, 3}, objects).ok());
   backend->reset();

@@ -86,12 +86,20 @@ void Engine::Handle(const protocol::Request& request, ReplyFn reply) {
     WaitPrefetchStatus(*wait, std::move(reply));
     return;
   }
-  reply(HandleSync(request));
+  // A device STORE or RETRIEVE may answer early (once its copies are enqueued): then the reply
+  // it returns is not sent again.
+  bool answered = false;
+  const ReplyFn early = [&](Reply r) {
+    answered = true;
+    reply(std::move(r));
+  };
+  Reply r = HandleSync(request, &early);
+  if (!answered) reply(std::move(r));
 }
 
-Reply Engine::HandleSync(const protocol::Request& request) {
+Reply Engine::HandleSync(const protocol::Request& request, const ReplyFn* early) {
   Reply reply = std::visit(
-      [this](const auto& r) -> Reply {
+      [this, early](const auto& r) -> Reply {
         using T = std::decay_t<decltype(r)>;
         if constexpr (std::is_same_v<T, protocol::HelloRequest>) {
           return Hello(r);
@@ -111,9 +119,9 @@ Reply Engine::HandleSync(const protocol::Request& request) {
         } else if constexpr (std::is_same_v<T, protocol::QueryPrefetchLookupHitsRequest>) {
           return QueryPrefetchLookupHits(r);
         } else if constexpr (std::is_same_v<T, protocol::StoreRequest>) {
-          return Store(r);
+          return Store(r, early);
         } else if constexpr (std::is_same_v<T, protocol::RetrieveRequest>) {
-          return Retrieve(r);
+          return Retrieve(r, early);
         } else if constexpr (std::is_same_v<T, protocol::FreeLookupLocksRequest>) {
           return FreeLookupLocks(r);
         } else if constexpr (std::is_same_v<T, protocol::EndSessionRequest>) {
@@ -329,7 +337,7 @@ Reply Engine::QueryPrefetchLookupHits(const protocol::QueryPrefetchLookupHitsReq
   return reply;
 }
 
-Reply Engine::Store(const protocol::StoreRequest& r) {
+Reply Engine::Store(const protocol::StoreRequest& r, const ReplyFn* early) {
   counters_.stores.fetch_add(1, std::memory_order_relaxed);
   auto reg = registry_.Use(r.instance_id);
   if (!reg) return Err(reg.error());
@@ -381,12 +389,31 @@ Reply Engine::Store(const protocol::StoreRequest& r) {
     }
   }
   if (!mine.empty()) {
-    transfer::DeviceOrder order{.wait_event = r.event_ipc_handle, .done_event = std::nullopt};
+    transfer::DeviceOrder order;
+    order.wait_event = r.event_ipc_handle;
+    bool answered = false;
+    if (early != nullptr) {
+      // The engine learns the outcome now and orders its work after the copies by the event.
+      order.on_enqueued = [&] {
+        protocol::StoreReply now = out;
+        now.stored_chunks = static_cast<uint32_t>(mine.size());
+        now.event_ipc_handle = order.done_event;
+        answered = true;
+        (*early)(std::move(now));
+      };
+    }
     // The L1 objects become readable (and storable to L2) only after FinishWrite, which runs
     // after Gather returned, i.e. after the copies completed (device copies included).
     Status copied = (*reg)->backend->Gather(blocks, objects, &order);
     if (!copied.ok()) {
       storage_->AbortWrite(mine);
+      if (answered) {
+        counters_.device_failures_after_reply.fetch_add(1, std::memory_order_relaxed);
+        KVT_LOG_ERROR(
+            "STORE from '{}': the device copy failed after the reply was sent, so its {} chunks "
+            "are dropped: {}",
+            r.instance_id, mine.size(), copied.ToString());
+      }
       return Err(copied);
     }
     storage_->FinishWrite(mine);
@@ -399,7 +426,7 @@ Reply Engine::Store(const protocol::StoreRequest& r) {
   return out;
 }
 
-Reply Engine::Retrieve(const protocol::RetrieveRequest& r) {
+Reply Engine::Retrieve(const protocol::RetrieveRequest& r, const ReplyFn* early) {
   counters_.retrieves.fetch_add(1, std::memory_order_relaxed);
   auto fail = [this](Status s) {
     counters_.retrieve_failures.fetch_add(1, std::memory_order_relaxed);
@@ -476,10 +503,29 @@ Reply Engine::Retrieve(const protocol::RetrieveRequest& r) {
   objects.reserve(views->size());
   for (const auto& v : *views) objects.emplace_back(v.data, v.size);
   std::span<const uint32_t> blocks(r.block_ids.data(), n * bpc);
-  transfer::DeviceOrder order{.wait_event = r.event_ipc_handle, .done_event = std::nullopt};
+  transfer::DeviceOrder order;
+  order.wait_event = r.event_ipc_handle;
+  bool answered = false;
+  if (early != nullptr) {
+    order.on_enqueued = [&] {
+      answered = true;
+      (*early)(protocol::RetrieveReply{.retrieved_chunks = static_cast<uint32_t>(n),
+                                       .event_ipc_handle = order.done_event});
+    };
+  }
   Status copied = (*reg)->backend->Scatter(objects, blocks, r.skip_first_n_tokens, &order);
+  // The read locks go only now: the copies out of the objects have completed.
   storage_->FinishReadPrefetched(keys, 1);
-  if (!copied.ok()) return fail(copied);
+  if (!copied.ok()) {
+    if (answered) {
+      counters_.device_failures_after_reply.fetch_add(1, std::memory_order_relaxed);
+      KVT_LOG_ERROR(
+          "RETRIEVE from '{}': the device copy failed after the reply was sent; the engine's "
+          "blocks for request '{}' may be incomplete: {}",
+          r.instance_id, r.key.request_id, copied.ToString());
+    }
+    return fail(copied);
+  }
   counters_.retrieved_chunks.fetch_add(n, std::memory_order_relaxed);
   return protocol::RetrieveReply{.retrieved_chunks = static_cast<uint32_t>(n),
                                  .event_ipc_handle = order.done_event};
@@ -728,7 +774,8 @@ nlohmann::json Engine::StatusJson() const {
             {"sessions_ended", c.sessions_ended.load()},
             {"sessions_expired", c.sessions_expired.load()},
             {"workers_reaped", c.workers_reaped.load()},
-            {"errors", c.errors.load()}}}};
+            {"errors", c.errors.load()},
+            {"device_failures_after_reply", c.device_failures_after_reply.load()}}}};
 }
 
 }  // namespace kvtier::server

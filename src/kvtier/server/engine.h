@@ -55,6 +55,8 @@ struct EngineCounters {
       read_objects_bytes{0};
   std::atomic<uint64_t> sessions_ended{0}, sessions_expired{0}, workers_reaped{0};
   std::atomic<uint64_t> errors{0};
+  // Device copies that failed after the engine had its (early) reply: logged as errors.
+  std::atomic<uint64_t> device_failures_after_reply{0};
 };
 
 class Engine {
@@ -68,10 +70,15 @@ class Engine {
   ~Engine();
 
   // Every request. WAIT_PREFETCH_STATUS may answer after returning; everything else answers
-  // before. `reply` is called exactly once.
+  // before. `reply` is called exactly once. A STORE or RETRIEVE on a device backend answers as
+  // soon as its copies are enqueued (the reply carries the event that completes with them) and
+  // returns once they completed, i.e. once its objects are published or released.
   void Handle(const protocol::Request& request, ReplyFn reply);
-  // The synchronous form (tests, and every opcode but WAIT).
-  protocol::Reply HandleSync(const protocol::Request& request);
+  // The synchronous form (tests, and every opcode but WAIT): the reply of a device STORE or
+  // RETRIEVE comes after its copies completed.
+  protocol::Reply HandleSync(const protocol::Request& request) {
+    return HandleSync(request, nullptr);
+  }
 
   // Upkeep, called periodically (the server's reaper thread): expires sessions and reaps
   // silent workers, releasing what they held.
@@ -98,8 +105,11 @@ class Engine {
   protocol::Reply QueryPrefetchStatus(const std::string& request_id);
   void WaitPrefetchStatus(const protocol::WaitPrefetchStatusRequest& r, ReplyFn reply);
   protocol::Reply QueryPrefetchLookupHits(const protocol::QueryPrefetchLookupHitsRequest& r);
-  protocol::Reply Store(const protocol::StoreRequest& r);
-  protocol::Reply Retrieve(const protocol::RetrieveRequest& r);
+  // `early` (may be null): STORE and RETRIEVE on a device backend answer through it once the
+  // copies are enqueued; the reply they return then is only counted, not sent.
+  protocol::Reply HandleSync(const protocol::Request& request, const ReplyFn* early);
+  protocol::Reply Store(const protocol::StoreRequest& r, const ReplyFn* early);
+  protocol::Reply Retrieve(const protocol::RetrieveRequest& r, const ReplyFn* early);
   protocol::Reply FreeLookupLocks(const protocol::FreeLookupLocksRequest& r);
   protocol::Reply EndSession(const protocol::EndSessionRequest& r);
   protocol::Reply ReadObjects(const protocol::ReadObjectsRequest& r);

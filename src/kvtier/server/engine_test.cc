@@ -39,7 +39,7 @@ class FakeBackend : public transfer::TransferBackend {
     return g;
   }
 
- private:
+ protected:
   // The base class validated the arguments (counts, ids, sizes).
   Status GatherImpl(std::span<const uint32_t> blocks, std::span<const std::span<uint8_t>> objects,
                     transfer::DeviceOrder* /*order*/) override {
@@ -91,6 +91,39 @@ class FakeBackend : public transfer::TransferBackend {
   std::vector<uint8_t> cache_;
 };
 
+// A device backend as the engine sees one (registered with backend "cuda"): it sets the done
+// event and calls DeviceOrder::on_enqueued once its copies are "enqueued", runs `while_copying`
+// (the copies are still in flight then), and may fail after that, like an asynchronous device
+// fault.
+class FakeDeviceBackend : public FakeBackend {
+ public:
+  using FakeBackend::FakeBackend;
+  bool on_device() const override { return true; }
+
+  std::function<void()> while_copying;
+  Status fail_after_enqueue;
+
+ private:
+  Status Enqueued(transfer::DeviceOrder* order) {
+    order->done_event.emplace();
+    order->done_event->fill(0x5d);
+    if (order->on_enqueued) order->on_enqueued();
+    if (while_copying) while_copying();
+    return fail_after_enqueue;
+  }
+  Status GatherImpl(std::span<const uint32_t> blocks, std::span<const std::span<uint8_t>> objects,
+                    transfer::DeviceOrder* order) override {
+    KVT_RETURN_IF_ERROR(FakeBackend::GatherImpl(blocks, objects, order));
+    return Enqueued(order);
+  }
+  Status ScatterImpl(std::span<const std::span<const uint8_t>> objects,
+                     std::span<const uint32_t> blocks, uint32_t skip,
+                     transfer::DeviceOrder* order) override {
+    KVT_RETURN_IF_ERROR(FakeBackend::ScatterImpl(objects, blocks, skip, order));
+    return Enqueued(order);
+  }
+};
+
 std::vector<uint32_t> Seq(uint32_t first, size_t n) {
   std::vector<uint32_t> v(n);
   std::iota(v.begin(), v.end(), first);
@@ -117,7 +150,14 @@ class EngineTest : public ::testing::Test {
     engine_ = Engine::Create(eo, storage_.get(), &clock_,
                              [this](const protocol::RegisterKvCacheRequest& r)
                                  -> Result<std::unique_ptr<transfer::TransferBackend>> {
-                               auto b = std::make_unique<FakeBackend>(r.layout.num_blocks);
+                               std::unique_ptr<FakeBackend> b;
+                               if (r.backend == "cuda") {
+                                 auto d = std::make_unique<FakeDeviceBackend>(r.layout.num_blocks);
+                                 devices_[r.instance_id] = d.get();
+                                 b = std::move(d);
+                               } else {
+                                 b = std::make_unique<FakeBackend>(r.layout.num_blocks);
+                               }
                                backends_[r.instance_id] = b.get();
                                return std::unique_ptr<transfer::TransferBackend>(std::move(b));
                              })
@@ -202,6 +242,7 @@ class EngineTest : public ::testing::Test {
   std::unique_ptr<storage::StorageManager> storage_;
   std::unique_ptr<Engine> engine_;
   std::map<std::string, FakeBackend*> backends_;
+  std::map<std::string, FakeDeviceBackend*> devices_;
 };
 
 TEST_F(EngineTest, HelloAndChunkSize) {
@@ -551,6 +592,102 @@ TEST_F(EngineTest, ReadObjectsRejectsBadRequests) {
   protocol::ReadObjectsRequest too_many{
       std::vector<std::string>(protocol::kMaxReadObjectsKeys + 1, PeerKey(1).ToString()), 100};
   EXPECT_TRUE(std::holds_alternative<protocol::ErrorReply>(engine_->HandleSync(too_many)));
+}
+
+// Device backends: Handle answers a STORE once the copies are enqueued, with the event, while
+// the copies run; the chunks become visible only after they completed.
+TEST_F(EngineTest, DeviceStoreAnswersOnceEnqueuedAndPublishesAfterTheCopies) {
+  protocol::RegisterKvCacheRequest reg = Registration("gpu");
+  reg.backend = "cuda";
+  Expect<protocol::RegisterKvCacheReply>(engine_->HandleSync(reg));
+  FakeDeviceBackend* device = devices_.at("gpu");
+  const std::vector<uint32_t> tokens = Seq(1, 2 * kChunk);
+  device->Fill(Seq(0, 2 * kBlocksPerChunk), 2 * kChunk, 3);
+
+  std::vector<Reply> replies;
+  size_t replies_while_copying = 0;
+  uint32_t hits_while_copying = 99;
+  device->while_copying = [&] {
+    replies_while_copying = replies.size();
+    hits_while_copying = Lookup("peek", tokens);
+  };
+  protocol::StoreRequest s{"gpu", Key("r", tokens, 0), Seq(0, 2 * kBlocksPerChunk), std::nullopt};
+  engine_->Handle(s, [&](Reply r) { replies.push_back(std::move(r)); });
+  EXPECT_EQ(replies_while_copying, 1u) << "the reply comes before the copies complete";
+  EXPECT_EQ(hits_while_copying, 0u) << "nothing is visible before the copies complete";
+  ASSERT_EQ(replies.size(), 1u);
+  auto stored = Expect<protocol::StoreReply>(replies[0]);
+  EXPECT_EQ(stored.stored_chunks, 2u);
+  ASSERT_TRUE(stored.event_ipc_handle.has_value());
+  EXPECT_EQ((*stored.event_ipc_handle)[0], 0x5d);
+
+  // Published now: a lookup finds both chunks and a retrieve returns them bitwise.
+  EXPECT_EQ(Lookup("after", tokens), 2u);
+  replies.clear();
+  device->while_copying = nullptr;
+  protocol::RetrieveRequest rr{"gpu", Key("after", tokens, 0), Seq(100, 2 * kBlocksPerChunk), 0,
+                               std::nullopt};
+  engine_->Handle(rr, [&](Reply r) { replies.push_back(std::move(r)); });
+  ASSERT_EQ(replies.size(), 1u);
+  auto got = Expect<protocol::RetrieveReply>(replies[0]);
+  EXPECT_EQ(got.retrieved_chunks, 2u);
+  EXPECT_TRUE(got.event_ipc_handle.has_value());
+  EXPECT_EQ(device->Tokens(Seq(100, 2 * kBlocksPerChunk), 2 * kChunk),
+            device->Tokens(Seq(0, 2 * kBlocksPerChunk), 2 * kChunk));
+  EXPECT_EQ(engine_->counters().device_failures_after_reply.load(), 0u);
+}
+
+// A device copy that fails after the early reply: the reply is not sent twice, the chunks are
+// dropped (never published), the failure is counted, and the server keeps serving.
+TEST_F(EngineTest, DeviceFailureAfterTheReplyDropsTheChunksAndIsCounted) {
+  protocol::RegisterKvCacheRequest reg = Registration("gpu");
+  reg.backend = "cuda";
+  Expect<protocol::RegisterKvCacheReply>(engine_->HandleSync(reg));
+  FakeDeviceBackend* device = devices_.at("gpu");
+  const std::vector<uint32_t> tokens = Seq(1, kChunk);
+  device->fail_after_enqueue = Status::Internal("injected device fault");
+  std::vector<Reply> replies;
+  protocol::StoreRequest s{"gpu", Key("r", tokens, 0), Seq(0, kBlocksPerChunk), std::nullopt};
+  engine_->Handle(s, [&](Reply r) { replies.push_back(std::move(r)); });
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_EQ(Expect<protocol::StoreReply>(replies[0]).stored_chunks, 1u);
+  EXPECT_EQ(engine_->counters().device_failures_after_reply.load(), 1u);
+  EXPECT_EQ(Lookup("r2", tokens), 0u);
+
+  // The same chunk stores fine afterwards (nothing was left half-written), and a retrieve that
+  // fails after its reply is counted too and releases its read locks.
+  device->fail_after_enqueue = Status::OK();
+  Store("gpu", "r3", tokens, Seq(0, kBlocksPerChunk));
+  EXPECT_EQ(Lookup("r4", tokens), 1u);
+  device->fail_after_enqueue = Status::Internal("injected device fault");
+  replies.clear();
+  protocol::RetrieveRequest rr{"gpu", Key("r4", tokens, 0), Seq(50, kBlocksPerChunk), 0,
+                               std::nullopt};
+  engine_->Handle(rr, [&](Reply r) { replies.push_back(std::move(r)); });
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_EQ(Expect<protocol::RetrieveReply>(replies[0]).retrieved_chunks, 1u);
+  EXPECT_EQ(engine_->counters().device_failures_after_reply.load(), 2u);
+  EXPECT_EQ(engine_->counters().retrieve_failures.load(), 1u);
+  Expect<protocol::EndSessionReply>(engine_->HandleSync(protocol::EndSessionRequest{"r4"}));
+  EXPECT_EQ(
+      Expect<protocol::ClearReply>(engine_->HandleSync(protocol::ClearRequest{false})).cleared, 1u)
+      << "no read lock was left behind";
+}
+
+// HandleSync (no early reply): a device STORE's reply comes after the copies, with the event.
+TEST_F(EngineTest, DeviceStoreThroughHandleSyncRepliesAfterTheCopies) {
+  protocol::RegisterKvCacheRequest reg = Registration("gpu");
+  reg.backend = "cuda";
+  Expect<protocol::RegisterKvCacheReply>(engine_->HandleSync(reg));
+  FakeDeviceBackend* device = devices_.at("gpu");
+  bool copying = false;
+  device->while_copying = [&] { copying = true; };
+  protocol::StoreRequest s{"gpu", Key("r", Seq(1, kChunk), 0), Seq(0, kBlocksPerChunk),
+                           std::nullopt};
+  auto stored = Expect<protocol::StoreReply>(engine_->HandleSync(s));
+  EXPECT_TRUE(copying);
+  EXPECT_EQ(stored.stored_chunks, 1u);
+  EXPECT_TRUE(stored.event_ipc_handle.has_value());
 }
 
 }  // namespace

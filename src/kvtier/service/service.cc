@@ -86,10 +86,10 @@ Result<std::unique_ptr<Service>> Service::Start(const ServiceOptions& options) {
             "the cuda backend needs the L1 pool pinned with CUDA, and it is not (no GPU was "
             "visible when the server started, or cudaHostRegister failed: see the server log)"));
       }
-      gpu::CudaBackendOptions options;
-      options.host_base = l1_pool->data();
-      options.host_size = l1_pool->size();
-      KVT_ASSIGN_OR_RETURN(auto backend, gpu::CudaBackend::Create(r, chunk_size, options));
+      gpu::CudaBackendOptions cuda_options;
+      cuda_options.host_base = l1_pool->data();
+      cuda_options.host_size = l1_pool->size();
+      KVT_ASSIGN_OR_RETURN(auto backend, gpu::CudaBackend::Create(r, chunk_size, cuda_options));
       return std::unique_ptr<transfer::TransferBackend>(std::move(backend));
     }
     return MakeError(Status::NotSupported(

@@ -14,7 +14,8 @@
 // GPU ordering (device backends only): DeviceOrder carries the engine's interprocess event, which
 // the copies wait for, and returns the backend's own event, which completes when they are done.
 // A call returns only after its copies completed, so callers may publish or release the objects
-// at once; the returned event lets the engine order its own GPU work without a host round trip.
+// at once; the returned event lets the engine order its own GPU work without a host round trip,
+// and on_enqueued lets the caller hand that event out before the copies complete.
 //
 // Thread safety: a backend is immutable after creation. Concurrent calls are safe as long as no
 // block or object is written by one call while another reads or writes it (concurrent Gathers
@@ -24,6 +25,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 
@@ -35,6 +37,10 @@ namespace kvtier::transfer {
 struct DeviceOrder {
   std::optional<protocol::CudaIpcHandle> wait_event;  // in: the engine's event, if any
   std::optional<protocol::CudaIpcHandle> done_event;  // out: set by device backends
+  // Called by a device backend, on the calling thread, once every copy of the call is enqueued
+  // and done_event is set, before it waits for them: the server answers the engine then, so the
+  // reply's trip overlaps the copies. Not called when the call fails before that point.
+  std::function<void()> on_enqueued;
 };
 
 class TransferBackend {
