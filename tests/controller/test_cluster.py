@@ -261,7 +261,7 @@ class Cluster:
         counts = {}
         for sid, s in live.items():
             st = s.status()
-            rep, l1 = st["controller"], st["storage"]["l1"]
+            rep, l1 = st["reporter"], st["storage"]["l1"]
             if rep["state"] != "registered":
                 return None
             loc = workers[sid]["locations"][0]
@@ -286,8 +286,8 @@ class Cluster:
         for sid, s in self.servers.items():
             if s.alive():
                 st = s.status()
-                out[sid] = {"reporter": st["controller"]["state"],
-                            "mirror": st["controller"]["locations"][0]["keys"],
+                out[sid] = {"reporter": st["reporter"]["state"],
+                            "mirror": st["reporter"]["locations"][0]["keys"],
                             "l1": st["storage"]["l1"]["resident_objects"]}
         return out
 

@@ -56,7 +56,7 @@ class Server:
     def reporter(self):
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/api/status",
                                     timeout=10) as r:
-            return json.loads(r.read())["controller"]
+            return json.loads(r.read())["reporter"]
 
     def stop(self):
         if self.proc.poll() is None:

@@ -220,7 +220,7 @@ nlohmann::json Service::StatusJson() const {
   j["engine"] = engine_->StatusJson();
   j["storage"] = storage_->StatusJson();
   if (admin_) j["admin"] = admin_->RequestCountsJson();
-  j["controller"] = reporter_ ? reporter_->StatusJson() : nlohmann::json{{"enabled", false}};
+  j["reporter"] = reporter_ ? reporter_->StatusJson() : nlohmann::json{{"enabled", false}};
 #if defined(KVT_WITH_CUDA)
   // CUDA IPC allocations of engines this server has open (released on unregister and reaping).
   j["gpu"] = {{"l1_pinned", storage_->l1().pool().cuda_registered()},

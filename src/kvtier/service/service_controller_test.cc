@@ -75,11 +75,11 @@ TEST(ServiceControllerTest, ReportsL1ToTheControllerAndDeregistersOnShutdown) {
       kWait));
 
   const nlohmann::json status = service->StatusJson();
-  EXPECT_EQ(status["controller"]["state"], "registered");
-  EXPECT_EQ(status["controller"]["locations"][0]["keys"], 5);
+  EXPECT_EQ(status["reporter"]["state"], "registered");
+  EXPECT_EQ(status["reporter"]["locations"][0]["keys"], 5);
   const std::string metrics = service->MetricsText();
-  EXPECT_NE(metrics.find("kvtier_controller_batches_sent "), std::string::npos) << metrics;
-  EXPECT_NE(metrics.find("kvtier_controller_locations_keys{name=\"L1\"} 5"), std::string::npos)
+  EXPECT_NE(metrics.find("kvtier_reporter_batches_sent "), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("kvtier_reporter_locations_keys{name=\"L1\"} 5"), std::string::npos)
       << metrics;
 
   service->Shutdown();
@@ -98,7 +98,7 @@ TEST(ServiceControllerTest, ReportingIsOffByDefault) {
   auto service = Service::Start(o);
   ASSERT_TRUE(service.has_value()) << service.error().ToString();
   EXPECT_EQ((*service)->reporter(), nullptr);
-  EXPECT_EQ((*service)->StatusJson()["controller"], (nlohmann::json{{"enabled", false}}));
+  EXPECT_EQ((*service)->StatusJson()["reporter"], (nlohmann::json{{"enabled", false}}));
 }
 
 TEST(ServiceControllerTest, ABadServerIdFailsTheStartNamingTheReporter) {
