@@ -15,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "kvtier/admin/http_server.h"  // HttpStatusFor
 #include "kvtier/common/result.h"
 #include "kvtier/common/status.h"
 
@@ -51,10 +52,6 @@ struct AdminHandlers {
   // with {"error":message,"code":n,"retryable":bool}.
   std::function<Result<nlohmann::json>(bool force)> clear;
 };
-
-// The HTTP status an error reply carries: kInvalidArgument 400, kNotFound 404, kUnavailable
-// 503, anything else 500 (OK: 200).
-int HttpStatusFor(StatusCode code);
 
 class AdminServer {
  public:
