@@ -143,7 +143,18 @@ class DeviceFuture:
         self._stream = stream
 
     def done(self) -> bool:
-        return bool(self._future.done())
+        """True once the reply arrived and the server's copies completed (or the reply is an
+        error). Never blocks. The server replies as soon as its copies are enqueued, so the
+        reply alone does not mean they are done."""
+        if not self._future.done():
+            return False
+        try:
+            handle = self._future.result(0).event_ipc_handle
+        except Exception:  # noqa: BLE001 - the error is result()'s to raise
+            return True
+        if handle is None:
+            return True
+        return bool(_torch().cuda.Event.from_ipc_handle(self._device, handle).query())
 
     def result(self, timeout: float | None = None, *, sync: bool = False) -> Any:
         torch = _torch()

@@ -155,6 +155,21 @@ def key(model: str, tokens: list[int], request_id: str, rank: bool = True) -> kv
     return kvtier.Key(model=model, request_id=request_id, tokens=tokens, **fields)
 
 
+def lookup_until(client: Any, model: str, tokens: list[int], request_id: str, want: int,
+                 timeout: float = 10.0) -> None:
+    """LOOKUP until `want` chunks hit. A STORE's event completes a moment before the server
+    publishes its chunks (docs/gpu.md, Ordering), so a lookup right after it may still miss."""
+    deadline = time.monotonic() + timeout
+    while True:
+        client.lookup(key(model, tokens, request_id, rank=False)).result(10)
+        hits = client.wait_prefetch_status(request_id, wait=10).result(15).hit_chunks
+        if hits == want or time.monotonic() > deadline:
+            assert hits == want, f"{request_id}: {hits} of {want} chunks hit"
+            return
+        client.end_session(request_id).result(10)
+        time.sleep(0.001)
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("dtype_name", DTYPES)
 def test_round_trip_is_bitwise(server: Server, fmt: str, dtype_name: str) -> None:
@@ -180,11 +195,14 @@ def test_round_trip_is_bitwise(server: Server, fmt: str, dtype_name: str) -> Non
         assert stored.stored_chunks == 2
         assert stored.event_ipc_handle is not None
 
-        client.lookup(key(model, tokens, "r2", rank=False)).result(10)
-        assert client.wait_prefetch_status("r2", wait=10).result(15).hit_chunks == 2
+        lookup_until(client, model, tokens, "r2", 2)
         skip = CHUNK + block_size + 3  # inside the second chunk, mid-block
-        got = dst_cache.retrieve(dst_blocks, key(model, tokens, "r2"),
-                                 skip_first_n_tokens=skip).result(30)
+        future = dst_cache.retrieve(dst_blocks, key(model, tokens, "r2"),
+                                    skip_first_n_tokens=skip)
+        deadline = time.monotonic() + 30
+        while not future.done():  # the reply and the server's event: polled, never blocking
+            assert time.monotonic() < deadline, "retrieve not done in 30 s"
+        got = future.result(30)
         torch.cuda.current_stream().synchronize()  # result() ordered the stream after the copy
         assert got.retrieved_chunks == 2
         expect_copied(src, expected, fmt, src_blocks, dst_blocks, 2 * CHUNK, skip, block_size)
@@ -224,7 +242,9 @@ def test_bad_requests_fail_cleanly(server: Server) -> None:
             cache.store([64] * 16, key("bad", tokens, "b1")).result(10)
         assert cache.store(list(range(16)), key("bad", tokens, "b1")).result(10).stored_chunks == 1
         cache.unregister(10)
-    assert server.status()["gpu"]["ipc_mappings"] == 0
+    # The reply came before the copies ended; the mapping closes when the last transfer using
+    # the registration returns.
+    server.wait_for(lambda st: st["gpu"]["ipc_mappings"] == 0, timeout=10)
 
 
 def _child_store(endpoint: str, fmt: str, seed: int, instance: str, tokens: list[int],
@@ -262,8 +282,7 @@ def test_two_processes_store_concurrently(server: Server) -> None:
         client.ping("reader").result(10)
         blocks = list(range(4 * CHUNK // 16))
         for seed, tokens in seqs.items():
-            client.lookup(key("shared", tokens, f"read-{seed}", rank=False)).result(10)
-            assert client.wait_prefetch_status(f"read-{seed}", wait=10).result(15).hit_chunks == 4
+            lookup_until(client, "shared", tokens, f"read-{seed}", 4)
             cache.retrieve(blocks, key("shared", tokens, f"read-{seed}")).result(60, sync=True)
             src = make_cache(fmt, torch.bfloat16, seed=seed)
             for layer in range(len(dst)):

@@ -230,6 +230,19 @@ Status CudaBackend::Run(bool gather, Lane* lane, std::span<const uint32_t> block
   KVT_RETURN_IF_ERROR(guard.status());
   const bool staged = options_.mode == CudaCopyMode::kStagedDma;
   const int num_streams = lane->streams[1] != nullptr ? 2 : 1;
+  // On any error return, first wait for whatever this call enqueued on either stream: the
+  // caller then aborts or releases the objects, and the next call reuses the lane's buffers.
+  struct Drain {
+    Lane* lane;
+    bool armed = true;
+    ~Drain() {
+      if (!armed) return;
+      for (cudaStream_t stream : lane->streams) {
+        if (stream != nullptr) cudaStreamSynchronize(stream);
+      }
+      cudaGetLastError();
+    }
+  } drain{lane};
   if (order != nullptr && order->wait_event.has_value()) {
     cudaIpcEventHandle_t h;
     std::memcpy(h.reserved, order->wait_event->data(), order->wait_event->size());
@@ -322,6 +335,7 @@ Status CudaBackend::Run(bool gather, Lane* lane, std::span<const uint32_t> block
   // Blocking (not spinning) wait: the objects must be complete before FinishWrite publishes them,
   // and the L1 read locks of a scatter are released right after this returns.
   KVT_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(lane->done));
+  drain.armed = false;
   return Status::OK();
 }
 

@@ -332,6 +332,26 @@ TEST_F(HostBackendValidationTest, SkipBeyondTheRange) {
   EXPECT_TRUE(f_.Snapshot() == segment);
 }
 
+// A scatter may not write one block twice (which copy lands would depend on timing); gathers
+// may read one twice, and blocks wholly inside the skipped prefix are not written.
+TEST_F(HostBackendValidationTest, ScatterRefusesToWriteABlockTwice) {
+  std::vector<uint32_t> ids(ids_.begin(), ids_.begin() + 6);  // 3 chunks of 2 blocks of 4
+  ids[4] = ids[1];
+  Objects objects = f_.MakeObjects(3);
+  const std::vector<uint8_t> segment = f_.Snapshot();
+  Status s = f_.backend->Scatter(ConstSpans(objects), ids, 0);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.ToString();
+  EXPECT_THAT(s.ToString(), HasSubstr("block id " + std::to_string(ids[1]) +
+                                      " would be written twice (indices 1 and 4)"));
+  EXPECT_TRUE(f_.Snapshot() == segment);
+  EXPECT_TRUE(f_.backend->Gather(ids, Spans(objects)).ok());
+  // Skipping the first two blocks (8 tokens): block 1 is not written, so the repeat is fine.
+  EXPECT_TRUE(f_.backend->Scatter(ConstSpans(objects), ids, 2 * kHnd.block_size).ok());
+  // Skipping into block 1 (it is partly written): refused again.
+  s = f_.backend->Scatter(ConstSpans(objects), ids, 2 * kHnd.block_size - 1);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.ToString();
+}
+
 TEST_F(HostBackendValidationTest, ExtraBlockIdsAreIgnored) {
   std::vector<uint32_t> ids(ids_.begin(), ids_.begin() + 4);
   ids.push_back(kHnd.blocks + 100);  // beyond the range: not used, not checked

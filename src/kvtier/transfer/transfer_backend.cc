@@ -1,5 +1,8 @@
 #include "kvtier/transfer/transfer_backend.h"
 
+#include <algorithm>
+#include <vector>
+
 #include <fmt/format.h>
 
 #include "kvtier/common/result.h"
@@ -30,6 +33,25 @@ Status TransferBackend::Validate(const char* op, std::span<const uint32_t> block
     }
   }
   return Status::OK();
+}
+
+Status TransferBackend::CheckDistinctWrites(std::span<const uint32_t> block_ids,
+                                            uint32_t skip_first_n_tokens) const {
+  // Blocks wholly inside the skipped prefix are not written, so they may repeat.
+  const size_t first = skip_first_n_tokens / geometry_.block_size;
+  std::vector<uint32_t> sorted(block_ids.begin() + static_cast<std::ptrdiff_t>(first),
+                               block_ids.end());
+  std::sort(sorted.begin(), sorted.end());
+  auto twice = std::adjacent_find(sorted.begin(), sorted.end());
+  if (twice == sorted.end()) return Status::OK();
+  std::vector<size_t> at;
+  for (size_t j = first; j < block_ids.size() && at.size() < 2; ++j) {
+    if (block_ids[j] == *twice) at.push_back(j);
+  }
+  return Status::InvalidArgument(
+      fmt::format("scatter: block id {} would be written twice (indices {} and {}); the blocks "
+                  "a call writes must be distinct",
+                  *twice, at[0], at[1]));
 }
 
 Status TransferBackend::CheckOrder(const char* op, DeviceOrder*& order) const {
@@ -65,6 +87,8 @@ Status TransferBackend::Scatter(std::span<const std::span<const uint8_t>> object
                     skip_first_n_tokens, tokens, objects.size()));
   }
   if (skip_first_n_tokens == tokens) return Status::OK();  // nothing to write (or no objects)
+  KVT_RETURN_IF_ERROR(CheckDistinctWrites(
+      block_ids.first(objects.size() * geometry_.blocks_per_chunk), skip_first_n_tokens));
   return ScatterImpl(objects, block_ids.first(objects.size() * geometry_.blocks_per_chunk),
                      skip_first_n_tokens, order);
 }

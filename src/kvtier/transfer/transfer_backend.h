@@ -69,7 +69,9 @@ class TransferBackend {
   // The reverse: writes `objects` into the engine's blocks. The first `skip_first_n_tokens`
   // tokens of the range (of objects[0], then objects[1], ...) are not written: the engine
   // already holds them and may be reading them. skip_first_n_tokens may be at most the range's
-  // objects.size() * chunk_size() tokens. Same checks as Gather; on an error nothing is written.
+  // objects.size() * chunk_size() tokens. Same checks as Gather, and the blocks written must be
+  // distinct (backends copy chunks concurrently; blocks wholly inside the skipped prefix may
+  // repeat); on an error nothing is written.
   [[nodiscard]] Status Scatter(std::span<const std::span<const uint8_t>> objects,
                                std::span<const uint32_t> block_ids, uint32_t skip_first_n_tokens,
                                DeviceOrder* order = nullptr);
@@ -87,6 +89,9 @@ class TransferBackend {
                              std::span<const uint32_t> block_ids, uint32_t skip_first_n_tokens,
                              DeviceOrder* order) = 0;
   Status CheckOrder(const char* op, DeviceOrder*& order) const;
+  // kInvalidArgument when a block the scatter writes appears twice.
+  Status CheckDistinctWrites(std::span<const uint32_t> block_ids,
+                             uint32_t skip_first_n_tokens) const;
 
   template <typename Span>
   Status Validate(const char* op, std::span<const uint32_t> block_ids,
