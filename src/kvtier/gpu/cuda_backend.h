@@ -43,7 +43,8 @@ namespace kvtier::gpu {
 
 enum class CudaCopyMode { kStagedDma, kMapped };
 
-// The smallest staging group worth a kernel launch and a stream switch (kStagedDma).
+// The staging group size worth a kernel launch and a stream switch (kStagedDma), where the
+// staging slots allow it.
 inline constexpr uint64_t kStagingGroupBytes = 8ull << 20;
 
 struct CudaBackendOptions {
@@ -55,10 +56,12 @@ struct CudaBackendOptions {
   // larger calls run in several rounds.
   uint32_t max_objects_per_launch = 256;
   CudaCopyMode mode = CudaCopyMode::kStagedDma;
-  // kStagedDma: chunk objects of device staging memory per direction (so a registration holds
-  // 2 * staging_objects * object size of GPU memory). With two or more, the slots are used as
-  // groups of at least kStagingGroupBytes (and at most half the slots), double-buffered; with
-  // one, a call alternates kernel and DMA on one stream.
+  // kStagedDma: chunk objects of device staging memory per direction, at most (a registration
+  // holds up to 2 * staging_objects * object size of GPU memory). With two or more, the slots
+  // form groups of ceil(kStagingGroupBytes / object size) objects, but at most half the slots
+  // (so groups of small objects may be smaller than kStagingGroupBytes), and the slots that do
+  // not fill a whole group are not allocated; the groups are double-buffered. With one, a call
+  // alternates kernel and DMA on one stream.
   uint32_t staging_objects = 4;
 };
 
@@ -94,7 +97,7 @@ class CudaBackend final : public transfer::TransferBackend {
     uint64_t* host_objects = nullptr;
     uint32_t* dev_ids = nullptr;
     uint64_t* dev_objects = nullptr;  // kMapped: per call; kStagedDma: the staging slots
-    uint8_t* staging = nullptr;       // kStagedDma: staging_objects objects
+    uint8_t* staging = nullptr;       // kStagedDma: group_objects_ * groups_ objects
   };
   // kStagedDma: objects per staging group, and groups (slots = group * groups <= staging_objects).
   uint32_t group_objects_ = 1;
