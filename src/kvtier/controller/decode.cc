@@ -37,8 +37,8 @@ Status DecodeLocation(const MapReader& m, std::string* location) {
 
 // model, cache_salt, world_size, rank (optional here: the caller decides), object_group.
 Status DecodeSpaceBase(const MapReader& m, KeySpace* s) {
-  KVT_RETURN_IF_ERROR(m.Model("model", &s->model));
-  KVT_RETURN_IF_ERROR(m.CacheSalt("cache_salt", &s->cache_salt));
+  KVT_RETURN_IF_ERROR(internal::ReadModel(m, "model", &s->model));
+  KVT_RETURN_IF_ERROR(internal::ReadCacheSalt(m, "cache_salt", &s->cache_salt));
   KVT_RETURN_IF_ERROR(m.Uint("world_size", Need::kRequired, &s->world_size, 1, kU16Max));
   return m.Uint("object_group", Need::kOptional, &s->object_group);
 }
@@ -55,7 +55,7 @@ Status DecodeGroups(const MapReader& m, std::vector<KeyGroup>* groups) {
   for (size_t i = 0; i < array.size(); ++i) {
     KVT_ASSIGN_OR_RETURN(MapReader g, m.Element("groups", i, array[i]));
     KVT_RETURN_IF_ERROR(DecodeSpace(g, &(*groups)[i].space));
-    KVT_RETURN_IF_ERROR(g.Hashes("hashes", &budget, &(*groups)[i].hashes));
+    KVT_RETURN_IF_ERROR(internal::ReadHashes(g, "hashes", &budget, &(*groups)[i].hashes));
   }
   return Status::OK();
 }
@@ -170,7 +170,7 @@ Status DecodeFields(const MapReader& m, LookupRequest* r) {
   r->object_group = space.object_group;
   KVT_RETURN_IF_ERROR(m.OptionalUint("rank", &r->rank, 0, r->world_size - 1u));
   size_t budget = kMaxKeysPerMessage;
-  KVT_RETURN_IF_ERROR(m.Hashes("hashes", &budget, &r->hashes));
+  KVT_RETURN_IF_ERROR(internal::ReadHashes(m, "hashes", &budget, &r->hashes));
   return m.Ident("exclude_instance", Need::kOptional, &r->exclude_instance, 0, kMaxIdLength);
 }
 
@@ -178,7 +178,7 @@ Status DecodeFields(const MapReader& m, FindKvRequest* r) {
   KVT_RETURN_IF_ERROR(DecodeSpace(m, &r->space));
   std::vector<keys::ChunkHash> hashes;
   size_t budget = 1;
-  KVT_RETURN_IF_ERROR(m.Hashes("hash", &budget, &hashes));
+  KVT_RETURN_IF_ERROR(internal::ReadHashes(m, "hash", &budget, &hashes));
   if (hashes.size() != 1) return m.Error("hash", "must be exactly one 32-byte chunk hash");
   r->hash = hashes[0];
   return m.Ident("exclude_instance", Need::kOptional, &r->exclude_instance, 0, kMaxIdLength);
@@ -366,7 +366,7 @@ template <typename T, typename V>
 Result<V> DecodeAs(const Where& where, std::span<const uint8_t> body, uint64_t max_elements,
                    T value = T{}) {
   KVT_ASSIGN_OR_RETURN(msgpack::object_handle handle,
-                       internal::ParseBody(where, body, max_elements));
+                       msgpack_map::Parse(where, body, max_elements));
   KVT_ASSIGN_OR_RETURN(MapReader m, MapReader::Of(handle.get(), where, ""));
   KVT_RETURN_IF_ERROR(DecodeFields(m, &value));
   return V(std::move(value));
@@ -390,7 +390,7 @@ Result<V> DecodeIndexed(size_t index, const Where& where, std::span<const uint8_
 
 Result<Framed<Event>> DecodeEvent(std::span<const uint8_t> frame) {
   KVT_ASSIGN_OR_RETURN(Header header, DecodeHeader(frame));
-  const Where where{header.type, "event"};
+  const Where where = internal::WhereOf(header.type, "event");
   if ((header.flags & kFlagReply) != 0 || !IsEvent(header.type)) {
     return MakeError(where.Error(
         (header.flags & kFlagReply) != 0
@@ -427,7 +427,7 @@ Result<Framed<Event>> DecodeEvent(std::span<const uint8_t> frame) {
 
 Result<Framed<Request>> DecodeRequest(std::span<const uint8_t> frame) {
   KVT_ASSIGN_OR_RETURN(Header header, DecodeHeader(frame));
-  const Where where{header.type, "request"};
+  const Where where = internal::WhereOf(header.type, "request");
   if ((header.flags & kFlagReply) != 0) {
     return MakeError(where.Error("a reply is not a request"));
   }
@@ -448,18 +448,19 @@ Result<Framed<Request>> DecodeRequest(std::span<const uint8_t> frame) {
 Result<Framed<Reply>> DecodeReply(std::span<const uint8_t> frame) {
   KVT_ASSIGN_OR_RETURN(Header header, DecodeHeader(frame));
   if ((header.flags & kFlagReply) == 0) {
-    return MakeError(Where{header.type, "reply"}.Error("the header lacks the reply flag"));
+    return MakeError(
+        internal::WhereOf(header.type, "reply").Error("the header lacks the reply flag"));
   }
   const std::span<const uint8_t> body = frame.subspan(kHeaderSize);
   if ((header.flags & kFlagError) != 0) {
-    KVT_ASSIGN_OR_RETURN(
-        Reply reply,
-        (DecodeAs<ErrorReply, Reply>(Where{header.type, "error reply"}, body, kMaxElementsIn)));
+    KVT_ASSIGN_OR_RETURN(Reply reply,
+                         (DecodeAs<ErrorReply, Reply>(internal::WhereOf(header.type, "error reply"),
+                                                      body, kMaxElementsIn)));
     return Framed<Reply>{header, std::move(reply)};
   }
   // DecodeHeader let only request types through (kInvalid needs the error flag, events have no
   // replies).
-  const Where where{header.type, "reply"};
+  const Where where = internal::WhereOf(header.type, "reply");
   KVT_ASSIGN_OR_RETURN(
       Reply reply,
       DecodeIndexed<Reply>(ReplyIndexFor(header.type), where, body, kMaxElementsReply,

@@ -2,7 +2,6 @@
 
 #include <bit>
 #include <cstring>
-#include <exception>
 #include <limits>
 #include <string_view>
 #include <type_traits>
@@ -12,6 +11,7 @@
 #include <msgpack.hpp>
 
 #include "kvtier/common/check.h"
+#include "kvtier/common/msgpack_map.h"
 #include "kvtier/keys/object_key.h"
 
 namespace kvtier::protocol {
@@ -23,111 +23,42 @@ namespace {
 constexpr uint32_t kMaxDepth = 16;
 constexpr uint64_t kMaxElements = kMaxBlockIds + (64u << 10);
 
-constexpr uint32_t kU32Max = std::numeric_limits<uint32_t>::max();
 constexpr uint16_t kU16Max = std::numeric_limits<uint16_t>::max();
 
 Status ProtocolError(std::string message) {
   return Status(StatusCode::kProtocolError, std::move(message));
 }
 
-// Cuts `text` to at most `limit` bytes without splitting a UTF-8 sequence.
-std::string_view TruncateUtf8(std::string_view text, size_t limit) {
-  if (text.size() <= limit) return text;
-  size_t cut = limit;
-  while (cut > 0 && (static_cast<uint8_t>(text[cut]) & 0xC0) == 0x80) --cut;
-  return text.substr(0, cut);
-}
-
 // ---- Encoding ---------------------------------------------------------------------------
 
-// msgpack's output stream concept: write(const char*, size_t).
-class ByteSink {
+using msgpack_map::MapReader;
+using msgpack_map::Need;
+using msgpack_map::TruncateUtf8;
+using msgpack_map::TypeName;
+
+// Payloads: at most kMaxPayloadBytes, with codec.h's field limits and the structure limits above.
+constexpr msgpack_map::Dialect kDialect{.document = "payload",
+                                        .error_code = StatusCode::kProtocolError,
+                                        .max_depth = kMaxDepth,
+                                        .max_elements = kMaxElements,
+                                        .max_bytes = kMaxPayloadBytes,
+                                        .max_string_bytes = kMaxStringLength};
+
+class Writer : public msgpack_map::Writer {
  public:
-  explicit ByteSink(std::vector<uint8_t>* out) : out_(out) {}
-  // NOLINTNEXTLINE(readability-identifier-naming): the name msgpack::packer calls.
-  void write(const char* data, size_t size) {
-    const auto* bytes = reinterpret_cast<const uint8_t*>(data);
-    out_->insert(out_->end(), bytes, bytes + size);
-  }
+  using msgpack_map::Writer::Writer;
 
- private:
-  std::vector<uint8_t>* out_;
-};
-
-// Writes msgpack; every map's entry count is given up front.
-class Writer {
- public:
-  explicit Writer(std::vector<uint8_t>* out) : sink_(out), packer_(sink_) {}
-
-  void Map(uint32_t entries) { packer_.pack_map(entries); }
-  void Str(std::string_view s) {
-    KVT_DCHECK(s.size() <= kU32Max);
-    packer_.pack_str(static_cast<uint32_t>(s.size()));
-    packer_.pack_str_body(s.data(), static_cast<uint32_t>(s.size()));
-  }
-  void Uint(uint64_t v) { packer_.pack_uint64(v); }  // the shortest encoding
-  void Bool(bool b) {
-    if (b) {
-      packer_.pack_true();
-    } else {
-      packer_.pack_false();
-    }
-  }
-  void Nil() { packer_.pack_nil(); }
-  void Array(uint32_t elements) { packer_.pack_array(elements); }
+  // A bin of 4-byte little-endian values.
   void Tokens(const std::vector<uint32_t>& tokens) {
     const size_t bytes = tokens.size() * sizeof(uint32_t);
-    KVT_DCHECK(bytes <= kU32Max);
-    packer_.pack_bin(static_cast<uint32_t>(bytes));
     if constexpr (std::endian::native == std::endian::little) {
-      packer_.pack_bin_body(reinterpret_cast<const char*>(tokens.data()),
-                            static_cast<uint32_t>(bytes));
+      Bin(tokens.data(), bytes);
     } else {
       std::vector<uint32_t> le(tokens.size());
       for (size_t i = 0; i < tokens.size(); ++i) le[i] = __builtin_bswap32(tokens[i]);
-      packer_.pack_bin_body(reinterpret_cast<const char*>(le.data()), static_cast<uint32_t>(bytes));
+      Bin(le.data(), bytes);
     }
   }
-  template <size_t N>
-  void Bin(const std::array<uint8_t, N>& bytes) {
-    packer_.pack_bin(static_cast<uint32_t>(N));
-    packer_.pack_bin_body(reinterpret_cast<const char*>(bytes.data()), static_cast<uint32_t>(N));
-  }
-  template <size_t N>
-  void Field(std::string_view key, const std::array<uint8_t, N>& bytes) {
-    Str(key);
-    Bin(bytes);
-  }
-  template <typename T>
-  void UintArray(const std::vector<T>& values) {
-    KVT_DCHECK(values.size() <= kU32Max);
-    packer_.pack_array(static_cast<uint32_t>(values.size()));
-    for (T v : values) packer_.pack_uint64(v);
-  }
-
-  // key: value entries.
-  void Field(std::string_view key, std::string_view value) {
-    Str(key);
-    Str(value);
-  }
-  void Field(std::string_view key, const char* value) { Field(key, std::string_view(value)); }
-  void Field(std::string_view key, const std::string& value) {
-    Field(key, std::string_view(value));
-  }
-  void Field(std::string_view key, bool value) {
-    Str(key);
-    Bool(value);
-  }
-  template <typename T>
-  requires(std::is_unsigned_v<T> && !std::is_same_v<T, bool>) void Field(std::string_view key,
-                                                                         T value) {
-    Str(key);
-    Uint(value);
-  }
-
- private:
-  ByteSink sink_;
-  msgpack::packer<ByteSink> packer_;
 };
 
 void Encode(Writer& w, const Key& k) {
@@ -365,414 +296,35 @@ std::vector<uint8_t> EncodePayload(const auto& message) {
   return out;
 }
 
-// ---- Payload structure ------------------------------------------------------------------
-
-// A first pass over the payload that allocates nothing (msgpack::parse with a visitor that keeps
-// no values): it checks that the payload is exactly one complete msgpack map, nested at most
-// kMaxDepth deep, whose containers declare at most kMaxElements elements. A declared size beyond
-// the payload's end fails here (early, by counting, or at the end, as truncated). Only then does
-// msgpack::unpack build the object tree, which allocates for elements actually present.
-class ShapeChecker : public msgpack::null_visitor {
- public:
-  explicit ShapeChecker(size_t payload_size) : payload_size_(payload_size) {}
-
-  // The visitor concept of msgpack::parse (names fixed by msgpack-cxx).
-  // NOLINTBEGIN(readability-identifier-naming)
-  bool visit_nil() { return Scalar("nil"); }
-  bool visit_boolean(bool) { return Scalar("bool"); }
-  bool visit_positive_integer(uint64_t) { return Scalar("an integer"); }
-  bool visit_negative_integer(int64_t) { return Scalar("an integer"); }
-  bool visit_float32(float) { return Scalar("a float"); }
-  bool visit_float64(double) { return Scalar("a float"); }
-  bool visit_str(const char*, uint32_t) { return Scalar("str"); }
-  bool visit_bin(const char*, uint32_t) { return Scalar("bin"); }
-  bool visit_ext(const char*, uint32_t) { return Scalar("ext"); }
-  bool start_array(uint32_t n) {
-    if (depth_ == 0) return NotAMap("an array");
-    return Open(n);
-  }
-  bool start_map(uint32_t n) { return Open(2 * static_cast<uint64_t>(n)); }
-  bool end_array() {
-    --depth_;
-    return true;
-  }
-  bool end_map() {
-    --depth_;
-    return true;
-  }
-  void parse_error(size_t /*parsed_offset*/, size_t error_offset) {
-    error_ = fmt::format("malformed msgpack at byte {}", error_offset);
-  }
-  void insufficient_bytes(size_t /*parsed_offset*/, size_t /*error_offset*/) {
-    error_ =
-        fmt::format("truncated msgpack: the payload ends ({} bytes) inside a value", payload_size_);
-  }
-  // NOLINTEND(readability-identifier-naming)
-
-  const std::string& error() const { return error_; }
-
- private:
-  bool Scalar(const char* type) { return depth_ == 0 ? NotAMap(type) : true; }
-  bool NotAMap(const char* type) {
-    error_ = fmt::format("the payload must be a msgpack map, got {}", type);
-    return false;
-  }
-  bool Open(uint64_t elements) {
-    if (++depth_ > kMaxDepth) {
-      error_ = fmt::format("msgpack nested deeper than {} levels", kMaxDepth);
-      return false;
-    }
-    elements_ += elements;
-    if (elements_ > payload_size_) {
-      error_ = fmt::format(
-          "truncated msgpack: containers declare {} elements, more than the payload's {} bytes "
-          "can hold",
-          elements_, payload_size_);
-      return false;
-    }
-    if (elements_ > kMaxElements) {
-      error_ = fmt::format("msgpack containers hold more than {} elements", kMaxElements);
-      return false;
-    }
-    return true;
-  }
-
-  size_t payload_size_;
-  uint32_t depth_ = 0;
-  uint64_t elements_ = 0;
-  std::string error_;
-};
-
-// Strings and bins point into the payload instead of being copied (the payload outlives the
-// object tree).
-bool ReferenceAll(msgpack::type::object_type, size_t, void*) { return true; }
-
-// What a decoder reports errors as: "<OPCODE> request: ...".
-struct Where {
-  Opcode opcode;
-  const char* kind;  // "request", "reply", "error reply"
-
-  Status Error(std::string_view what) const {
-    return ProtocolError(fmt::format("{} {}: {}", OpcodeName(opcode), kind, what));
-  }
-};
-
-// Parses the payload into a msgpack object tree (the handle owns it).
-Result<msgpack::object_handle> Parse(const Where& where, std::span<const uint8_t> payload) {
-  if (payload.size() > kMaxPayloadBytes) {
-    return MakeError(where.Error(
-        fmt::format("payload is {} bytes, the limit is {}", payload.size(), kMaxPayloadBytes)));
-  }
-  if (payload.empty()) return MakeError(where.Error("empty payload (expected a msgpack map)"));
-  const char* data = reinterpret_cast<const char*>(payload.data());
-  try {
-    ShapeChecker checker(payload.size());
-    size_t off = 0;
-    if (!msgpack::parse(data, payload.size(), off, checker)) {
-      return MakeError(
-          where.Error(checker.error().empty() ? "malformed msgpack" : checker.error()));
-    }
-    if (off != payload.size()) {
-      return MakeError(where.Error(
-          fmt::format("{} trailing bytes after the payload map", payload.size() - off)));
-    }
-    const msgpack::unpack_limit limits(/*array=*/kMaxElements, /*map=*/kMaxElements,
-                                       /*str=*/kMaxPayloadBytes, /*bin=*/kMaxPayloadBytes,
-                                       /*ext=*/kMaxPayloadBytes, /*depth=*/kMaxDepth + 1);
-    off = 0;
-    return msgpack::unpack(data, payload.size(), off, &ReferenceAll, nullptr, limits);
-  } catch (const std::exception& e) {
-    return MakeError(where.Error(fmt::format("cannot parse msgpack: {}", e.what())));
-  }
-}
-
 // ---- Field decoding ---------------------------------------------------------------------
 
-const char* TypeName(const msgpack::object& o) {
-  switch (o.type) {
-    case msgpack::type::NIL:
-      return "nil";
-    case msgpack::type::BOOLEAN:
-      return "bool";
-    case msgpack::type::POSITIVE_INTEGER:
-      return "a non-negative integer";
-    case msgpack::type::NEGATIVE_INTEGER:
-      return "a negative integer";
-    case msgpack::type::FLOAT32:
-    case msgpack::type::FLOAT64:
-      return "a float";
-    case msgpack::type::STR:
-      return "str";
-    case msgpack::type::BIN:
-      return "bin";
-    case msgpack::type::ARRAY:
-      return "an array";
-    case msgpack::type::MAP:
-      return "a map";
-    case msgpack::type::EXT:
-      return "ext";
-  }
-  return "an unknown type";
+// What a decoder reports errors as: "<OPCODE> request: ...".
+msgpack_map::Where WhereOf(Opcode opcode, std::string_view kind) {
+  return msgpack_map::Where{&kDialect, OpcodeName(opcode), kind};
 }
 
-std::string_view AsView(const msgpack::object_str& s) { return {s.ptr, s.size}; }
-
-enum class Need { kRequired, kOptional };
-
-// One msgpack map with string keys, read field by field. Absent optional fields leave the
-// output untouched (it holds the default); nil counts as absent only where the spec allows nil.
-class MapReader {
- public:
-  static Result<MapReader> Of(const msgpack::object& o, const Where& where, std::string prefix) {
-    if (o.type != msgpack::type::MAP) {
-      return MakeError(where.Error(
-          prefix.empty() ? fmt::format("the payload must be a map, got {}", TypeName(o))
-                         : fmt::format("field '{}' must be a map, got {}",
-                                       prefix.substr(0, prefix.size() - 1), TypeName(o))));
-    }
-    const msgpack::object_map& map = o.via.map;
-    for (uint32_t i = 0; i < map.size; ++i) {
-      if (map.ptr[i].key.type != msgpack::type::STR) {
-        return MakeError(where.Error(fmt::format(
-            "{}map keys must be str, got {}",
-            prefix.empty() ? "" : "field '" + prefix + "': ", TypeName(map.ptr[i].key))));
-      }
-    }
-    return MapReader(map, where, std::move(prefix));
+// A bin of 4-byte little-endian values.
+Status ReadTokens(const MapReader& m, std::string_view name, std::vector<uint32_t>* out) {
+  KVT_ASSIGN_OR_RETURN(const msgpack::object* o, m.Required(name));
+  if (o->type != msgpack::type::BIN) {
+    return m.Error(
+        name, fmt::format("must be bin (4-byte little-endian token ids), got {}", TypeName(*o)));
   }
-
-  // The nested map in field `name`.
-  Result<MapReader> Nested(std::string_view name) const {
-    KVT_ASSIGN_OR_RETURN(const msgpack::object* o, Required(name));
-    return Of(*o, where_, fmt::format("{}{}.", prefix_, name));
+  const msgpack::object_bin& bin = o->via.bin;
+  if (bin.size % sizeof(uint32_t) != 0) {
+    return m.Error(name, fmt::format("is {} bytes, not a multiple of 4", bin.size));
   }
-
-  // The field's value; nullptr when absent. A field given twice is an error.
-  Result<const msgpack::object*> Find(std::string_view name) const {
-    const msgpack::object* found = nullptr;
-    for (uint32_t i = 0; i < map_.size; ++i) {
-      if (AsView(map_.ptr[i].key.via.str) != name) continue;
-      if (found != nullptr) return MakeError(Error(name, "appears more than once"));
-      found = &map_.ptr[i].val;
-    }
-    return found;
+  const size_t count = bin.size / sizeof(uint32_t);
+  if (count > kMaxTokens) {
+    return m.Error(name, fmt::format("holds {} tokens, the limit is {}", count, kMaxTokens));
   }
-
-  Result<const msgpack::object*> Required(std::string_view name) const {
-    KVT_ASSIGN_OR_RETURN(const msgpack::object* o, Find(name));
-    if (o == nullptr) {
-      return MakeError(where_.Error(fmt::format("missing required field '{}{}'", prefix_, name)));
-    }
-    return o;
+  out->resize(count);
+  if (count > 0) std::memcpy(out->data(), bin.ptr, bin.size);
+  if constexpr (std::endian::native == std::endian::big) {
+    for (uint32_t& t : *out) t = __builtin_bswap32(t);
   }
-
-  // "field 'key.model' <what>".
-  Status Error(std::string_view name, std::string_view what) const {
-    return where_.Error(fmt::format("field '{}{}' {}", prefix_, name, what));
-  }
-
-  // An unsigned integer in [lo, hi].
-  template <typename T>
-  Status Uint(std::string_view name, Need need, T* out, uint64_t lo = 0,
-              uint64_t hi = std::numeric_limits<T>::max()) const {
-    KVT_ASSIGN_OR_RETURN(const msgpack::object* o, Get(name, need));
-    if (o == nullptr) return Status::OK();
-    KVT_ASSIGN_OR_RETURN(uint64_t v, ToUint(name, *o, lo, hi));
-    *out = static_cast<T>(v);
-    return Status::OK();
-  }
-
-  // An unsigned integer in [lo, hi] or nil; absent is nil.
-  template <typename T>
-  Status OptionalUint(std::string_view name, std::optional<T>* out, uint64_t lo = 0,
-                      uint64_t hi = std::numeric_limits<T>::max()) const {
-    KVT_ASSIGN_OR_RETURN(const msgpack::object* o, Find(name));
-    if (o == nullptr || o->type == msgpack::type::NIL) {
-      out->reset();
-      return Status::OK();
-    }
-    KVT_ASSIGN_OR_RETURN(uint64_t v, ToUint(name, *o, lo, hi));
-    *out = static_cast<T>(v);
-    return Status::OK();
-  }
-
-  Status Bool(std::string_view name, Need need, bool* out) const {
-    KVT_ASSIGN_OR_RETURN(const msgpack::object* o, Get(name, need));
-    if (o == nullptr) return Status::OK();
-    if (o->type != msgpack::type::BOOLEAN) {
-      return Error(name, fmt::format("must be a bool, got {}", TypeName(*o)));
-    }
-    *out = o->via.boolean;
-    return Status::OK();
-  }
-
-  // A str of at most `max_length` bytes (and at least 1 when `non_empty`).
-  Status String(std::string_view name, Need need, std::string* out, bool non_empty = false,
-                size_t max_length = kMaxStringLength) const {
-    KVT_ASSIGN_OR_RETURN(const msgpack::object* o, Get(name, need));
-    if (o == nullptr) return Status::OK();
-    return ToString(name, *o, out, non_empty, max_length);
-  }
-
-  // A non-empty str or nil; absent is nil.
-  Status OptionalString(std::string_view name, std::optional<std::string>* out) const {
-    KVT_ASSIGN_OR_RETURN(const msgpack::object* o, Find(name));
-    if (o == nullptr || o->type == msgpack::type::NIL) {
-      out->reset();
-      return Status::OK();
-    }
-    std::string value;
-    KVT_RETURN_IF_ERROR(ToString(name, *o, &value, /*non_empty=*/true, kMaxStringLength));
-    *out = std::move(value);
-    return Status::OK();
-  }
-
-  // A bin of 4-byte little-endian values.
-  Status Tokens(std::string_view name, std::vector<uint32_t>* out) const {
-    KVT_ASSIGN_OR_RETURN(const msgpack::object* o, Required(name));
-    if (o->type != msgpack::type::BIN) {
-      return Error(
-          name, fmt::format("must be bin (4-byte little-endian token ids), got {}", TypeName(*o)));
-    }
-    const msgpack::object_bin& bin = o->via.bin;
-    if (bin.size % sizeof(uint32_t) != 0) {
-      return Error(name, fmt::format("is {} bytes, not a multiple of 4", bin.size));
-    }
-    const size_t count = bin.size / sizeof(uint32_t);
-    if (count > kMaxTokens) {
-      return Error(name, fmt::format("holds {} tokens, the limit is {}", count, kMaxTokens));
-    }
-    out->resize(count);
-    if (count > 0) std::memcpy(out->data(), bin.ptr, bin.size);
-    if constexpr (std::endian::native == std::endian::big) {
-      for (uint32_t& t : *out) t = __builtin_bswap32(t);
-    }
-    return Status::OK();
-  }
-
-  // A bin of exactly N bytes.
-  template <size_t N>
-  Status FixedBin(std::string_view name, Need need, std::array<uint8_t, N>* out) const {
-    KVT_ASSIGN_OR_RETURN(const msgpack::object* o, Get(name, need));
-    if (o == nullptr) return Status::OK();
-    return ToFixedBin(name, *o, out);
-  }
-  // A bin of exactly N bytes, or nil; absent is nil.
-  template <size_t N>
-  Status OptionalFixedBin(std::string_view name, std::optional<std::array<uint8_t, N>>* out) const {
-    KVT_ASSIGN_OR_RETURN(const msgpack::object* o, Find(name));
-    if (o == nullptr || o->type == msgpack::type::NIL) {
-      out->reset();
-      return Status::OK();
-    }
-    std::array<uint8_t, N> value;
-    KVT_RETURN_IF_ERROR(ToFixedBin(name, *o, &value));
-    *out = value;
-    return Status::OK();
-  }
-  // An array of at most `max_size` bins of exactly N bytes each.
-  template <size_t N>
-  Status FixedBinArray(std::string_view name, size_t max_size,
-                       std::vector<std::array<uint8_t, N>>* out) const {
-    KVT_ASSIGN_OR_RETURN(const msgpack::object* o, Required(name));
-    if (o->type != msgpack::type::ARRAY) {
-      return Error(name, fmt::format("must be an array of {}-byte bins, got {}", N, TypeName(*o)));
-    }
-    const msgpack::object_array& array = o->via.array;
-    if (array.size > max_size) {
-      return Error(name, fmt::format("has {} elements, the limit is {}", array.size, max_size));
-    }
-    out->assign(array.size, {});
-    for (uint32_t i = 0; i < array.size; ++i) {
-      KVT_RETURN_IF_ERROR(ToFixedBin(fmt::format("{}[{}]", name, i), array.ptr[i], &(*out)[i]));
-    }
-    return Status::OK();
-  }
-
-  // An array of at most `max_size` unsigned integers, each at most `hi`.
-  template <typename T>
-  Status UintArray(std::string_view name, size_t max_size, std::vector<T>* out,
-                   uint64_t hi = std::numeric_limits<T>::max()) const {
-    KVT_ASSIGN_OR_RETURN(const msgpack::object* o, Required(name));
-    if (o->type != msgpack::type::ARRAY) {
-      return Error(name,
-                   fmt::format("must be an array of unsigned integers, got {}", TypeName(*o)));
-    }
-    const msgpack::object_array& array = o->via.array;
-    if (array.size > max_size) {
-      return Error(name, fmt::format("has {} elements, the limit is {}", array.size, max_size));
-    }
-    out->clear();
-    out->reserve(array.size);
-    for (uint32_t i = 0; i < array.size; ++i) {
-      const msgpack::object& e = array.ptr[i];
-      if (e.type != msgpack::type::POSITIVE_INTEGER || e.via.u64 > hi) {
-        return Error(
-            fmt::format("{}[{}]", name, i),
-            e.type == msgpack::type::POSITIVE_INTEGER || e.type == msgpack::type::NEGATIVE_INTEGER
-                ? fmt::format("must be in [0, {}], got {}", hi, IntText(e))
-                : fmt::format("must be an unsigned integer, got {}", TypeName(e)));
-      }
-      out->push_back(static_cast<T>(e.via.u64));
-    }
-    return Status::OK();
-  }
-
- private:
-  MapReader(const msgpack::object_map& map, const Where& where, std::string prefix)
-      : map_(map), where_(where), prefix_(std::move(prefix)) {}
-
-  Result<const msgpack::object*> Get(std::string_view name, Need need) const {
-    return need == Need::kRequired ? Required(name) : Find(name);
-  }
-
-  static std::string IntText(const msgpack::object& o) {
-    return o.type == msgpack::type::NEGATIVE_INTEGER ? fmt::format("{}", o.via.i64)
-                                                     : fmt::format("{}", o.via.u64);
-  }
-
-  Result<uint64_t> ToUint(std::string_view name, const msgpack::object& o, uint64_t lo,
-                          uint64_t hi) const {
-    if (o.type == msgpack::type::POSITIVE_INTEGER && o.via.u64 >= lo && o.via.u64 <= hi) {
-      return o.via.u64;
-    }
-    if (o.type == msgpack::type::POSITIVE_INTEGER || o.type == msgpack::type::NEGATIVE_INTEGER) {
-      return MakeError(Error(name, fmt::format("must be in [{}, {}], got {}", lo, hi, IntText(o))));
-    }
-    return MakeError(Error(name, fmt::format("must be an unsigned integer, got {}", TypeName(o))));
-  }
-
-  template <size_t N>
-  Status ToFixedBin(std::string_view name, const msgpack::object& o,
-                    std::array<uint8_t, N>* out) const {
-    if (o.type != msgpack::type::BIN) {
-      return Error(name, fmt::format("must be bin ({} bytes), got {}", N, TypeName(o)));
-    }
-    if (o.via.bin.size != N) {
-      return Error(name, fmt::format("is {} bytes, must be exactly {}", o.via.bin.size, N));
-    }
-    std::memcpy(out->data(), o.via.bin.ptr, N);
-    return Status::OK();
-  }
-
-  Status ToString(std::string_view name, const msgpack::object& o, std::string* out, bool non_empty,
-                  size_t max_length) const {
-    if (o.type != msgpack::type::STR) {
-      return Error(name, fmt::format("must be str, got {}", TypeName(o)));
-    }
-    const std::string_view value = AsView(o.via.str);
-    if (value.size() > max_length) {
-      return Error(name, fmt::format("is {} bytes, the limit is {}", value.size(), max_length));
-    }
-    if (non_empty && value.empty()) return Error(name, "must not be empty");
-    out->assign(value);
-    return Status::OK();
-  }
-
-  const msgpack::object_map& map_;
-  const Where& where_;
-  std::string prefix_;
-};
+  return Status::OK();
+}
 
 // Model names and cache salts follow keys/ (InternNamespace), checked here without interning.
 Status CheckModel(const MapReader& m, std::string_view name, std::string_view model) {
@@ -805,7 +357,7 @@ enum class RankUse { kRequired, kNil };
 Status DecodeKey(const MapReader& parent, RankUse rank_use, Key* k) {
   KVT_ASSIGN_OR_RETURN(MapReader m, parent.Nested("key"));
   KVT_RETURN_IF_ERROR(
-      m.String("model", Need::kRequired, &k->model, /*non_empty=*/true, keys::kMaxModelNameLength));
+      m.String("model", Need::kRequired, &k->model, /*min_length=*/1, keys::kMaxModelNameLength));
   KVT_RETURN_IF_ERROR(CheckModel(m, "model", k->model));
   KVT_RETURN_IF_ERROR(m.Uint("world_size", Need::kOptional, &k->world_size, 1, kU16Max));
   KVT_RETURN_IF_ERROR(m.OptionalUint("worker_rank", &k->worker_rank, 0, kU16Max - 1));
@@ -818,10 +370,10 @@ Status DecodeKey(const MapReader& parent, RankUse rank_use, Key* k) {
     return m.Error("worker_rank", "is required: this operation is about one worker's rank");
   }
   KVT_RETURN_IF_ERROR(m.String("cache_salt", Need::kOptional, &k->cache_salt,
-                               /*non_empty=*/false, keys::kMaxCacheSaltLength));
+                               /*min_length=*/0, keys::kMaxCacheSaltLength));
   KVT_RETURN_IF_ERROR(CheckCacheSalt(m, k->cache_salt));
-  KVT_RETURN_IF_ERROR(m.String("request_id", Need::kRequired, &k->request_id, /*non_empty=*/true));
-  KVT_RETURN_IF_ERROR(m.Tokens("tokens", &k->tokens));
+  KVT_RETURN_IF_ERROR(m.String("request_id", Need::kRequired, &k->request_id, /*min_length=*/1));
+  KVT_RETURN_IF_ERROR(ReadTokens(m, "tokens", &k->tokens));
   KVT_RETURN_IF_ERROR(m.Uint("start", Need::kOptional, &k->start));
   KVT_RETURN_IF_ERROR(m.OptionalUint("end", &k->end));
   if (k->start > k->tokens.size()) {
@@ -878,9 +430,9 @@ Status DecodeFields(const MapReader& m, HelloRequest* r) {
 }
 
 Status DecodeFields(const MapReader& m, RegisterKvCacheRequest* r) {
-  KVT_RETURN_IF_ERROR(m.String("instance_id", Need::kRequired, &r->instance_id, true));
+  KVT_RETURN_IF_ERROR(m.String("instance_id", Need::kRequired, &r->instance_id, 1));
   KVT_RETURN_IF_ERROR(
-      m.String("model", Need::kRequired, &r->model, /*non_empty=*/true, keys::kMaxModelNameLength));
+      m.String("model", Need::kRequired, &r->model, /*min_length=*/1, keys::kMaxModelNameLength));
   KVT_RETURN_IF_ERROR(CheckModel(m, "model", r->model));
   KVT_RETURN_IF_ERROR(m.Uint("world_size", Need::kRequired, &r->world_size, 1, kU16Max));
   KVT_RETURN_IF_ERROR(m.Uint("worker_rank", Need::kRequired, &r->worker_rank, 0, kU16Max - 1));
@@ -891,7 +443,8 @@ Status DecodeFields(const MapReader& m, RegisterKvCacheRequest* r) {
     return m.Error("backend", fmt::format("is '{}', expected one of: host, cuda", r->backend));
   }
   KVT_RETURN_IF_ERROR(DecodeLayout(m, &r->layout));
-  KVT_RETURN_IF_ERROR(m.String("shm_name", Need::kRequired, &r->shm_name, /*non_empty=*/host));
+  KVT_RETURN_IF_ERROR(
+      m.String("shm_name", Need::kRequired, &r->shm_name, /*min_length=*/host ? 1 : 0));
   KVT_RETURN_IF_ERROR(m.Uint("shm_size", Need::kRequired, &r->shm_size));
   if (!host) {
     KVT_RETURN_IF_ERROR(m.FixedBin("device_uuid", Need::kRequired, &r->device_uuid));
@@ -919,7 +472,7 @@ Status DecodeFields(const MapReader& m, RegisterKvCacheRequest* r) {
 }
 
 Status DecodeFields(const MapReader& m, UnregisterKvCacheRequest* r) {
-  return m.String("instance_id", Need::kRequired, &r->instance_id, /*non_empty=*/true);
+  return m.String("instance_id", Need::kRequired, &r->instance_id, /*min_length=*/1);
 }
 
 Status DecodeFields(const MapReader&, GetChunkSizeRequest*) { return Status::OK(); }
@@ -931,27 +484,27 @@ Status DecodeFields(const MapReader& m, LookupRequest* r) {
 }
 
 Status DecodeFields(const MapReader& m, QueryPrefetchStatusRequest* r) {
-  return m.String("request_id", Need::kRequired, &r->request_id, /*non_empty=*/true);
+  return m.String("request_id", Need::kRequired, &r->request_id, /*min_length=*/1);
 }
 
 Status DecodeFields(const MapReader& m, WaitPrefetchStatusRequest* r) {
-  KVT_RETURN_IF_ERROR(m.String("request_id", Need::kRequired, &r->request_id, /*non_empty=*/true));
+  KVT_RETURN_IF_ERROR(m.String("request_id", Need::kRequired, &r->request_id, /*min_length=*/1));
   return m.Uint("timeout_ms", Need::kRequired, &r->timeout_ms);
 }
 
 Status DecodeFields(const MapReader& m, QueryPrefetchLookupHitsRequest* r) {
-  return m.String("request_id", Need::kRequired, &r->request_id, /*non_empty=*/true);
+  return m.String("request_id", Need::kRequired, &r->request_id, /*min_length=*/1);
 }
 
 Status DecodeFields(const MapReader& m, StoreRequest* r) {
-  KVT_RETURN_IF_ERROR(m.String("instance_id", Need::kRequired, &r->instance_id, true));
+  KVT_RETURN_IF_ERROR(m.String("instance_id", Need::kRequired, &r->instance_id, 1));
   KVT_RETURN_IF_ERROR(DecodeKey(m, RankUse::kRequired, &r->key));
   KVT_RETURN_IF_ERROR(m.UintArray("block_ids", kMaxBlockIds, &r->block_ids));
   return m.OptionalFixedBin("event_ipc_handle", &r->event_ipc_handle);
 }
 
 Status DecodeFields(const MapReader& m, RetrieveRequest* r) {
-  KVT_RETURN_IF_ERROR(m.String("instance_id", Need::kRequired, &r->instance_id, true));
+  KVT_RETURN_IF_ERROR(m.String("instance_id", Need::kRequired, &r->instance_id, 1));
   KVT_RETURN_IF_ERROR(DecodeKey(m, RankUse::kRequired, &r->key));
   KVT_RETURN_IF_ERROR(m.UintArray("block_ids", kMaxBlockIds, &r->block_ids));
   KVT_RETURN_IF_ERROR(m.Uint("skip_first_n_tokens", Need::kOptional, &r->skip_first_n_tokens));
@@ -970,11 +523,11 @@ Status DecodeFields(const MapReader& m, FreeLookupLocksRequest* r) {
 }
 
 Status DecodeFields(const MapReader& m, EndSessionRequest* r) {
-  return m.String("request_id", Need::kRequired, &r->request_id, /*non_empty=*/true);
+  return m.String("request_id", Need::kRequired, &r->request_id, /*min_length=*/1);
 }
 
 Status DecodeFields(const MapReader& m, PingRequest* r) {
-  return m.OptionalString("instance_id", &r->instance_id);
+  return m.OptionalString("instance_id", &r->instance_id, /*min_length=*/1);
 }
 
 Status DecodeFields(const MapReader& m, ClearRequest* r) {
@@ -984,28 +537,12 @@ Status DecodeFields(const MapReader& m, ClearRequest* r) {
 Status DecodeFields(const MapReader&, NoopRequest*) { return Status::OK(); }
 
 Status DecodeFields(const MapReader& m, ReadObjectsRequest* r) {
-  KVT_ASSIGN_OR_RETURN(const msgpack::object* o, m.Required("keys"));
-  if (o->type != msgpack::type::ARRAY) {
-    return m.Error("keys", fmt::format("must be an array of object keys, got {}", TypeName(*o)));
-  }
-  const msgpack::object_array& array = o->via.array;
-  if (array.size == 0) return m.Error("keys", "must not be empty");
-  if (array.size > kMaxReadObjectsKeys) {
-    return m.Error(
-        "keys", fmt::format("has {} elements, the limit is {}", array.size, kMaxReadObjectsKeys));
-  }
-  r->keys.assign(array.size, {});
-  for (uint32_t i = 0; i < array.size; ++i) {
-    const msgpack::object& e = array.ptr[i];
+  KVT_ASSIGN_OR_RETURN(auto array, m.Array("keys", kMaxReadObjectsKeys, "an array of object keys"));
+  if (array.empty()) return m.Error("keys", "must not be empty");
+  r->keys.assign(array.size(), {});
+  for (size_t i = 0; i < array.size(); ++i) {
     const std::string name = fmt::format("keys[{}]", i);
-    if (e.type != msgpack::type::STR) {
-      return m.Error(name, fmt::format("must be str, got {}", TypeName(e)));
-    }
-    const std::string_view text = AsView(e.via.str);
-    if (text.size() > kMaxStringLength) {
-      return m.Error(name,
-                     fmt::format("is {} bytes, the limit is {}", text.size(), kMaxStringLength));
-    }
+    KVT_ASSIGN_OR_RETURN(std::string_view text, m.AsStr(name, array[i]));
     Result<keys::ObjectKey> key = keys::ObjectKey::Parse(text);
     if (!key) {
       return m.Error(name, fmt::format("is not an object key: {}", key.error().message()));
@@ -1074,22 +611,11 @@ Status DecodeFields(const MapReader& m, ClearReply* r) {
 }
 
 Status DecodeFields(const MapReader& m, ReadObjectsReply* r) {
-  KVT_ASSIGN_OR_RETURN(const msgpack::object* o, m.Required("found"));
-  if (o->type != msgpack::type::ARRAY) {
-    return m.Error("found", fmt::format("must be an array of bools, got {}", TypeName(*o)));
-  }
-  const msgpack::object_array& array = o->via.array;
-  if (array.size > kMaxReadObjectsKeys) {
-    return m.Error(
-        "found", fmt::format("has {} elements, the limit is {}", array.size, kMaxReadObjectsKeys));
-  }
-  r->found.assign(array.size, false);
-  for (uint32_t i = 0; i < array.size; ++i) {
-    if (array.ptr[i].type != msgpack::type::BOOLEAN) {
-      return m.Error(fmt::format("found[{}]", i),
-                     fmt::format("must be a bool, got {}", TypeName(array.ptr[i])));
-    }
-    r->found[i] = array.ptr[i].via.boolean;
+  KVT_ASSIGN_OR_RETURN(auto array, m.Array("found", kMaxReadObjectsKeys, "an array of bools"));
+  r->found.assign(array.size(), false);
+  for (size_t i = 0; i < array.size(); ++i) {
+    KVT_ASSIGN_OR_RETURN(const bool found, m.AsBool(fmt::format("found[{}]", i), array[i]));
+    r->found[i] = found;
   }
   return Status::OK();
 }
@@ -1105,8 +631,8 @@ Status DecodeFields(const MapReader& m, ErrorReply* r) {
 
 // Decodes a payload as message type T, returned as the variant V.
 template <typename T, typename V>
-Result<V> DecodeAs(const Where& where, std::span<const uint8_t> payload) {
-  KVT_ASSIGN_OR_RETURN(msgpack::object_handle handle, Parse(where, payload));
+Result<V> DecodeAs(const msgpack_map::Where& where, std::span<const uint8_t> payload) {
+  KVT_ASSIGN_OR_RETURN(msgpack::object_handle handle, msgpack_map::Parse(where, payload));
   KVT_ASSIGN_OR_RETURN(MapReader m, MapReader::Of(handle.get(), where, ""));
   V result(std::in_place_type<T>);
   KVT_RETURN_IF_ERROR(DecodeFields(m, &std::get<T>(result)));
@@ -1127,41 +653,18 @@ constexpr size_t ReplyIndex() {
   return kIndex;
 }
 
-Result<Reply> DecodeTypedReply(const Where& where, std::span<const uint8_t> payload) {
-  switch (where.opcode) {
-    case Opcode::kHello:
-      return DecodeAs<HelloReply, Reply>(where, payload);
-    case Opcode::kRegisterKvCache:
-      return DecodeAs<RegisterKvCacheReply, Reply>(where, payload);
-    case Opcode::kUnregisterKvCache:
-    case Opcode::kLookup:
-    case Opcode::kNoop:
-      return DecodeAs<EmptyReply, Reply>(where, payload);
-    case Opcode::kGetChunkSize:
-      return DecodeAs<ChunkSizeReply, Reply>(where, payload);
-    case Opcode::kQueryPrefetchStatus:
-    case Opcode::kWaitPrefetchStatus:
-      return DecodeAs<PrefetchStatusReply, Reply>(where, payload);
-    case Opcode::kQueryPrefetchLookupHits:
-      return DecodeAs<LookupHitsReply, Reply>(where, payload);
-    case Opcode::kStore:
-      return DecodeAs<StoreReply, Reply>(where, payload);
-    case Opcode::kRetrieve:
-      return DecodeAs<RetrieveReply, Reply>(where, payload);
-    case Opcode::kFreeLookupLocks:
-      return DecodeAs<FreeLookupLocksReply, Reply>(where, payload);
-    case Opcode::kEndSession:
-      return DecodeAs<EndSessionReply, Reply>(where, payload);
-    case Opcode::kPing:
-      return DecodeAs<PingReply, Reply>(where, payload);
-    case Opcode::kClear:
-      return DecodeAs<ClearReply, Reply>(where, payload);
-    case Opcode::kReadObjects:
-      return DecodeAs<ReadObjectsReply, Reply>(where, payload);
-    case Opcode::kInvalid:
-      break;
-  }
-  return MakeError(ProtocolError("opcode 0 appears only in error replies"));
+// Decodes a payload as alternative `index` of V; the caller checks that it is one.
+template <typename V, size_t... I>
+Result<V> DecodeIndexed(size_t index, const msgpack_map::Where& where,
+                        std::span<const uint8_t> payload, std::index_sequence<I...>) {
+  Result<V> result = MakeError(where.Error("no such message"));
+  const auto decode_if = [&]<size_t J>(std::integral_constant<size_t, J>) {
+    if (index != J) return false;
+    result = DecodeAs<std::variant_alternative_t<J, V>, V>(where, payload);
+    return true;
+  };
+  (decode_if(std::integral_constant<size_t, I>()) || ...);
+  return result;
 }
 
 Status CheckVersion(const Header& header) {
@@ -1280,42 +783,11 @@ Result<Request> DecodeRequest(const Header& header, std::span<const uint8_t> pay
     return MakeError(ProtocolError(fmt::format(
         "a request's header has the reply or error flag (flags 0x{:02x})", header.flags)));
   }
-  const Where where{header.opcode, "request"};
-  switch (header.opcode) {
-    case Opcode::kHello:
-      return DecodeAs<HelloRequest, Request>(where, payload);
-    case Opcode::kRegisterKvCache:
-      return DecodeAs<RegisterKvCacheRequest, Request>(where, payload);
-    case Opcode::kUnregisterKvCache:
-      return DecodeAs<UnregisterKvCacheRequest, Request>(where, payload);
-    case Opcode::kGetChunkSize:
-      return DecodeAs<GetChunkSizeRequest, Request>(where, payload);
-    case Opcode::kLookup:
-      return DecodeAs<LookupRequest, Request>(where, payload);
-    case Opcode::kQueryPrefetchStatus:
-      return DecodeAs<QueryPrefetchStatusRequest, Request>(where, payload);
-    case Opcode::kWaitPrefetchStatus:
-      return DecodeAs<WaitPrefetchStatusRequest, Request>(where, payload);
-    case Opcode::kQueryPrefetchLookupHits:
-      return DecodeAs<QueryPrefetchLookupHitsRequest, Request>(where, payload);
-    case Opcode::kStore:
-      return DecodeAs<StoreRequest, Request>(where, payload);
-    case Opcode::kRetrieve:
-      return DecodeAs<RetrieveRequest, Request>(where, payload);
-    case Opcode::kFreeLookupLocks:
-      return DecodeAs<FreeLookupLocksRequest, Request>(where, payload);
-    case Opcode::kEndSession:
-      return DecodeAs<EndSessionRequest, Request>(where, payload);
-    case Opcode::kPing:
-      return DecodeAs<PingRequest, Request>(where, payload);
-    case Opcode::kClear:
-      return DecodeAs<ClearRequest, Request>(where, payload);
-    case Opcode::kNoop:
-      return DecodeAs<NoopRequest, Request>(where, payload);
-    case Opcode::kReadObjects:
-      return DecodeAs<ReadObjectsRequest, Request>(where, payload);
-    case Opcode::kInvalid:
-      break;
+  // Request lists the requests in opcode order, starting at 1 (OpcodeOf).
+  const auto opcode = static_cast<uint16_t>(header.opcode);
+  if (opcode >= 1 && opcode <= kMaxOpcode) {
+    return DecodeIndexed<Request>(opcode - 1u, WhereOf(header.opcode, "request"), payload,
+                                  std::make_index_sequence<std::variant_size_v<Request>>());
   }
   return MakeError(UnknownOpcode(static_cast<uint16_t>(header.opcode)));
 }
@@ -1346,9 +818,14 @@ Result<Reply> DecodeReply(const Header& header, std::span<const uint8_t> payload
     return MakeError(UnknownOpcode(static_cast<uint16_t>(header.opcode)));
   }
   if ((header.flags & kFlagError) != 0) {
-    return DecodeAs<ErrorReply, Reply>(Where{header.opcode, "error reply"}, payload);
+    return DecodeAs<ErrorReply, Reply>(WhereOf(header.opcode, "error reply"), payload);
   }
-  return DecodeTypedReply(Where{header.opcode, "reply"}, payload);
+  const size_t index = ReplyIndexFor(header.opcode);
+  if (index == std::variant_npos) {
+    return MakeError(ProtocolError("opcode 0 appears only in error replies"));
+  }
+  return DecodeIndexed<Reply>(index, WhereOf(header.opcode, "reply"), payload,
+                              std::make_index_sequence<std::variant_size_v<Reply>>());
 }
 
 ErrorReply ToErrorReply(const Status& status) {
