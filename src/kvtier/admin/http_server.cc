@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "kvtier/common/check.h"
 #include "kvtier/common/logging.h"
 
 namespace kvtier::admin {
@@ -124,25 +125,28 @@ auto Guarded(std::string name, std::string route, Fn fn) {
   };
 }
 
-// Reads a request's body, at most `max_bytes`, and passes it on.
+// Reads a request's body, at most `max_bytes`, and passes it on (or, without `keep`, only
+// counts it: the 404/405 answers ignore bodies, so they do not buffer them).
 // - A request with neither Content-Length nor Transfer-Encoding has no body (RFC 9112 6.3), as
 //   `curl -X POST` sends; httplib 0.11 would wait for one until the read timeout, then 400.
 // - httplib enforces the limit on a Content-Length only; we enforce it on chunked bodies too.
 //   A body not read to its end closes the connection: its unread rest would otherwise be taken
 //   for a request.
-httplib::Server::HandlerWithContentReader ReadingBody(size_t max_bytes,
+httplib::Server::HandlerWithContentReader ReadingBody(size_t max_bytes, bool keep,
                                                       HttpServer::BodyHandler handler) {
-  return [max_bytes, handler = std::move(handler)](const Request& req, Response& res,
-                                                   const httplib::ContentReader& read) {
+  return [max_bytes, keep, handler = std::move(handler)](const Request& req, Response& res,
+                                                         const httplib::ContentReader& read) {
     std::string body;
     if (req.has_header("Content-Length") || req.has_header("Transfer-Encoding")) {
       bool too_large = false;
-      bool ok = read([&body, &too_large, max_bytes](const char* data, size_t n) {
-        if (body.size() + n > max_bytes) {
+      size_t received = 0;
+      bool ok = read([&](const char* data, size_t n) {
+        if (received + n > max_bytes) {
           too_large = true;
           return false;
         }
-        body.append(data, n);
+        received += n;
+        if (keep) body.append(data, n);
         return true;
       });
       if (!ok) {
@@ -234,13 +238,21 @@ HttpServer::HttpServer(HttpServerOptions options)
 HttpServer::~HttpServer() { Stop(); }
 
 void HttpServer::Get(const std::string& path, Handler handler) {
+  CheckNotStarted(path);
   std::string allow = options_.answer_options ? "GET, HEAD, OPTIONS" : "GET";
   routes_.push_back(Route{path, "GET", std::move(allow), std::move(handler), nullptr});
 }
 
 void HttpServer::Post(const std::string& path, BodyHandler handler) {
+  CheckNotStarted(path);
   std::string allow = options_.answer_options ? "POST, OPTIONS" : "POST";
   routes_.push_back(Route{path, "POST", std::move(allow), nullptr, std::move(handler)});
+}
+
+void HttpServer::CheckNotStarted(const std::string& path) {
+  MutexLock lock(&stop_mu_);
+  // The request threads read the route table without a lock once the server started.
+  KVT_CHECK_MSG(!started_, "{}: route {} added after Start()", options_.name, path);
 }
 
 Status HttpServer::Start() {
@@ -277,8 +289,10 @@ Status HttpServer::Install() {
   const size_t max_body = options_.max_body_bytes;
   auto on = [&server, max_body](std::string_view method, const std::string& path, Handler handler) {
     auto discarding = [max_body](Handler h) {
-      return ReadingBody(max_body, [h = std::move(h)](const Request& req, Response& res,
-                                                      const std::string&) { h(req, res); });
+      return ReadingBody(max_body, /*keep=*/false,
+                         [h = std::move(h)](const Request& req, Response& res, const std::string&) {
+                           h(req, res);
+                         });
     };
     if (method == "GET") {
       server.Get(path, std::move(handler));
@@ -302,8 +316,9 @@ Status HttpServer::Install() {
     if (route.method == "GET") {
       server.Get(route.path, Guarded(options_.name, route.path, route.get));
     } else {
-      server.Post(route.path, ReadingBody(max_body, Guarded<std::string>(options_.name, route.path,
-                                                                         route.post)));
+      server.Post(route.path,
+                  ReadingBody(max_body, /*keep=*/true,
+                              Guarded<std::string>(options_.name, route.path, route.post)));
     }
   }
   for (const Route& route : routes_) {

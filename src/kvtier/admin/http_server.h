@@ -124,6 +124,8 @@ class HttpServer {
 
   explicit HttpServer(HttpServerOptions options);
   Status Install();
+  // Aborts when a route is added after Start().
+  void CheckNotStarted(const std::string& path) KVT_EXCLUDES(stop_mu_);
   Status Run(int listen_fd);
   const Route* FindRoute(const std::string& path) const;
   void Count(const std::string& path, int http_status);

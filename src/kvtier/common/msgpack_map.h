@@ -220,9 +220,14 @@ class MapReader {
     out->clear();
     out->reserve(o->via.array.size);
     for (uint32_t i = 0; i < o->via.array.size; ++i) {
-      KVT_ASSIGN_OR_RETURN(uint64_t v,
-                           ToUint(fmt::format("{}[{}]", name, i), o->via.array.ptr[i], 0, hi));
-      out->push_back(static_cast<T>(v));
+      const msgpack::object& e = o->via.array.ptr[i];
+      // The element's name ("block_ids[7]") is formatted only for an error: block id arrays
+      // hold hundreds of entries on the STORE/RETRIEVE path.
+      if (e.type == msgpack::type::POSITIVE_INTEGER && e.via.u64 <= hi) {
+        out->push_back(static_cast<T>(e.via.u64));
+        continue;
+      }
+      return ToUint(fmt::format("{}[{}]", name, i), e, 0, hi).error();
     }
     return Status::OK();
   }
