@@ -237,7 +237,13 @@ TEST_F(PeerAdapterTest, LookupAndLoadReturnTheBytesAPeerHolds) {
   EXPECT_EQ(peer().stats().fetched_bytes, 2 * kObjectSize);
   EXPECT_EQ(peer().stats().peer_errors, 0u);
   EXPECT_EQ(server_->engine().counters().read_objects_found.load(), 2u);
-  // The peer's read locks went with the reply.
+  // The peer's read locks go once the server's ZMQ I/O thread has released the reply's
+  // zero-copy frames, which may be a moment after the reply arrived here.
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (server_->storage().l1().GetStatus().read_locked_objects != 0 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::yield();
+  }
   EXPECT_EQ(server_->storage().l1().GetStatus().read_locked_objects, 0u);
 
   // A load without a lookup asks the controller itself.
