@@ -4,11 +4,8 @@
 // server_config_rules.cc.
 #include "kvtier/config/server_config.h"
 
-#include <filesystem>
-#include <fstream>
 #include <limits>
 #include <map>
-#include <sstream>
 
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
@@ -407,21 +404,8 @@ Result<ServerConfig> ParseServerConfigYaml(std::string_view yaml_text,
 }
 
 Result<ServerConfig> LoadServerConfigFile(const std::string& path) {
-  std::error_code ec;
-  const auto status = std::filesystem::status(path, ec);
-  if (ec || !std::filesystem::exists(status)) {
-    return MakeError(Status::NotFound(fmt::format("config file '{}' does not exist", path)));
-  }
-  if (!std::filesystem::is_regular_file(status)) {
-    return MakeError(Status::InvalidArgument(fmt::format("config file '{}' is not a file", path)));
-  }
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (!in.good() && !in.eof()) {
-    return MakeError(Status::IOError(fmt::format("cannot read config file '{}'", path)));
-  }
-  return ParseServerConfigYaml(text.str(), path);
+  KVT_ASSIGN_OR_RETURN(std::string text, internal::ReadConfigFile(path));
+  return ParseServerConfigYaml(text, path);
 }
 
 std::string DumpServerConfigYaml(const ServerConfig& config) {

@@ -4,6 +4,8 @@
 #include <cctype>
 #include <charconv>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 #include <optional>
 #include <sstream>
@@ -596,6 +598,24 @@ Result<YAML::Node> LoadOneDocument(const YamlSource& source, std::string_view ya
   // A second parse: yaml-cpp builds nodes only through YAML::Load (its NodeBuilder is not
   // public). Config files are small and read once, at start-up.
   return YAML::Load(text);
+}
+
+Result<std::string> ReadConfigFile(const std::string& path) {
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  if (ec || !std::filesystem::exists(status)) {
+    return MakeError(Status::NotFound(fmt::format("config file '{}' does not exist", path)));
+  }
+  if (!std::filesystem::is_regular_file(status)) {
+    return MakeError(Status::InvalidArgument(fmt::format("config file '{}' is not a file", path)));
+  }
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (!in.good() && !in.eof()) {
+    return MakeError(Status::IOError(fmt::format("cannot read config file '{}'", path)));
+  }
+  return text.str();
 }
 
 }  // namespace kvtier::config::internal

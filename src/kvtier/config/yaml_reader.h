@@ -70,6 +70,10 @@ nlohmann::json PlainScalarToJson(const std::string& text);
 Result<nlohmann::json> YamlToJson(const YamlSource& source, const YAML::Node& node,
                                   const std::string& path);
 
+// The whole text of a config file: kNotFound when it does not exist, kInvalidArgument when it
+// is not a regular file, kIOError when it cannot be read; each message names the path.
+Result<std::string> ReadConfigFile(const std::string& path);
+
 // Writes a string so that the reader reads the same string back (quoted when needed).
 void EmitString(YAML::Emitter& out, const std::string& s);
 // Writes `json` into `out` so that YamlToJson reads back an equal value (strings that would

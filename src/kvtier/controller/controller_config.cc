@@ -2,10 +2,7 @@
 
 #include <algorithm>
 #include <array>
-#include <filesystem>
-#include <fstream>
 #include <limits>
-#include <sstream>
 
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
@@ -121,21 +118,8 @@ Result<ControllerConfig> ParseControllerConfigYaml(std::string_view yaml_text,
 }
 
 Result<ControllerConfig> LoadControllerConfigFile(const std::string& path) {
-  std::error_code ec;
-  const auto status = std::filesystem::status(path, ec);
-  if (ec || !std::filesystem::exists(status)) {
-    return MakeError(Status::NotFound(fmt::format("config file '{}' does not exist", path)));
-  }
-  if (!std::filesystem::is_regular_file(status)) {
-    return MakeError(Status::InvalidArgument(fmt::format("config file '{}' is not a file", path)));
-  }
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (!in.good() && !in.eof()) {
-    return MakeError(Status::IOError(fmt::format("cannot read config file '{}'", path)));
-  }
-  return ParseControllerConfigYaml(text.str(), path);
+  KVT_ASSIGN_OR_RETURN(std::string text, config::internal::ReadConfigFile(path));
+  return ParseControllerConfigYaml(text, path);
 }
 
 std::string DumpControllerConfigYaml(const ControllerConfig& c) {
