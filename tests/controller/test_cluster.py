@@ -32,6 +32,7 @@ INTEGRATION = os.path.join(os.path.dirname(HERE), "integration")
 sys.path.insert(0, INTEGRATION)
 import kvwire  # noqa: E402
 import ctlwire  # noqa: E402  (tests/controller, on the path through conftest.py)
+from ports import free_port_triple  # noqa: E402
 
 # The engine side of tests/integration (KvCache: a paged KV cache in shared memory), loaded
 # under its own name: `conftest` here is tests/controller's.
@@ -64,30 +65,6 @@ def wait_until(predicate, what, timeout=WAIT, state=None):
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}" + (f": {state()}" if state else ""))
         time.sleep(0.05)
-
-
-def free_port_triple():
-    """A port P with P, P+1 and P+2 free: servers find events and heartbeats at P+1, P+2."""
-    import socket
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + 2 > 65535:
-            continue
-        socks = []
-        try:
-            for p in (base, base + 1, base + 2):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    pytest.skip("no three consecutive free ports")
 
 
 class Server:

@@ -3,37 +3,11 @@ demo's chunks appear in the index, they come back after a controller restart (th
 registers again and full-syncs), and they leave with the server."""
 import json
 import os
-import socket
 import subprocess
 import tempfile
 import urllib.request
 
-import pytest
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_port_triple():
-    """A port P with P, P+1 and P+2 free: the reporter finds events and heartbeats at +1, +2."""
-    for _ in range(50):
-        base = free_port()
-        socks = []
-        try:
-            for p in (base, base + 1, base + 2):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    pytest.skip("no three consecutive free ports")
+from ports import free_port, free_port_triple
 
 
 class Server:
