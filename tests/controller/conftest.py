@@ -6,7 +6,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 
@@ -14,6 +13,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import ctlwire  # noqa: E402
+import testkit  # noqa: E402
 
 KVTIER_BIN = os.environ.get("KVTIER_BIN")
 READY = re.compile(r"kvtier controller ready: requests=(\S+) events=(\S+) heartbeats=(\S+)"
@@ -70,14 +70,7 @@ class Controller:
 
     def wait_for(self, condition, timeout=10.0, what="condition"):
         """Polls `condition` until it is true or `timeout` passes (then fails the test)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = condition()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out waiting for {what}")
-            time.sleep(0.02)
+        return testkit.wait_until(condition, what, timeout)
 
     def stop(self):
         for w in self.workers:

@@ -22,7 +22,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 
 import pytest
@@ -32,7 +31,8 @@ INTEGRATION = os.path.join(os.path.dirname(HERE), "integration")
 sys.path.insert(0, INTEGRATION)
 import kvwire  # noqa: E402
 import ctlwire  # noqa: E402  (tests/controller, on the path through conftest.py)
-from ports import free_port_triple  # noqa: E402
+import testkit  # noqa: E402
+from testkit import free_port_triple  # noqa: E402
 
 # The engine side of tests/integration (KvCache: a paged KV cache in shared memory), loaded
 # under its own name: `conftest` here is tests/controller's.
@@ -56,15 +56,7 @@ def tokens(n, seed):
 
 
 def wait_until(predicate, what, timeout=WAIT, state=None):
-    """Polls `predicate` until it returns something true; on timeout fails showing state()."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}" + (f": {state()}" if state else ""))
-        time.sleep(0.05)
+    return testkit.wait_until(predicate, what, timeout, state)
 
 
 class Server:

@@ -7,7 +7,7 @@ import subprocess
 import tempfile
 import urllib.request
 
-from ports import free_port, free_port_triple
+from testkit import free_port, free_port_triple
 
 
 class Server:

@@ -1,6 +1,7 @@
-"""Free local TCP ports for the controller tests (tests/controller is on sys.path through
-conftest.py)."""
+"""Helpers shared by the controller tests (tests/controller is on sys.path through
+conftest.py): free local TCP ports, and polling a condition with a deadline."""
 import socket
+import time
 
 import pytest
 
@@ -32,3 +33,16 @@ def free_port_triple():
             for s in socks:
                 s.close()
     pytest.skip("no three consecutive free ports")
+
+
+def wait_until(predicate, what, timeout, state=None):
+    """Polls `predicate` (another process's state: there is nothing to block on) until it returns
+    something true, and returns that; on timeout fails the test, showing state() if given."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}" + (f": {state()}" if state else ""))
+        time.sleep(0.02)
