@@ -37,6 +37,27 @@ bool IsError(const T& reply) {
   return std::holds_alternative<protocol::ErrorReply>(reply);
 }
 
+// A device STORE or RETRIEVE's early reply (see Engine::Handle): arms `order` so that, once the
+// copies are enqueued, `early` (when given) gets the reply `make` builds; sent() says whether
+// it did. Lives on the handler's stack while the backend call runs.
+class EarlyReply {
+ public:
+  EarlyReply(const Engine::ReplyFn* early, transfer::DeviceOrder* order,
+             std::function<Reply()> make) {
+    if (early == nullptr) return;
+    order->on_enqueued = [this, early, make = std::move(make)] {
+      sent_ = true;
+      (*early)(make());
+    };
+  }
+  EarlyReply(const EarlyReply&) = delete;
+  EarlyReply& operator=(const EarlyReply&) = delete;
+  bool sent() const { return sent_; }
+
+ private:
+  bool sent_ = false;
+};
+
 }  // namespace
 
 // A WAIT_PREFETCH_STATUS request waiting for its lookup: answered by the lookup's completion or
@@ -388,26 +409,22 @@ Reply Engine::Store(const protocol::StoreRequest& r, const ReplyFn* early) {
         ++out.present_chunks;
     }
   }
+  out.stored_chunks = static_cast<uint32_t>(mine.size());  // final: nothing refuses it later
   if (!mine.empty()) {
     transfer::DeviceOrder order;
     order.wait_event = r.event_ipc_handle;
-    bool answered = false;
-    if (early != nullptr) {
-      // The engine learns the outcome now and orders its work after the copies by the event.
-      order.on_enqueued = [&] {
-        protocol::StoreReply now = out;
-        now.stored_chunks = static_cast<uint32_t>(mine.size());
-        now.event_ipc_handle = order.done_event;
-        answered = true;
-        (*early)(std::move(now));
-      };
-    }
+    // The engine may learn the outcome once the copies are enqueued, and order its work after
+    // them by the event.
+    const EarlyReply early_reply(early, &order, [&] {
+      out.event_ipc_handle = order.done_event;
+      return Reply(out);
+    });
     // The L1 objects become readable (and storable to L2) only after FinishWrite, which runs
     // after Gather returned, i.e. after the copies completed (device copies included).
     Status copied = (*reg)->backend->Gather(blocks, objects, &order);
     if (!copied.ok()) {
       storage_->AbortWrite(mine);
-      if (answered) {
+      if (early_reply.sent()) {
         counters_.device_failures_after_reply.fetch_add(1, std::memory_order_relaxed);
         KVT_LOG_ERROR(
             "STORE from '{}': the device copy failed after the reply was sent, so its {} chunks "
@@ -419,7 +436,6 @@ Reply Engine::Store(const protocol::StoreRequest& r, const ReplyFn* early) {
     storage_->FinishWrite(mine);
     out.event_ipc_handle = order.done_event;
   }
-  out.stored_chunks = static_cast<uint32_t>(mine.size());
   counters_.stored_chunks.fetch_add(out.stored_chunks, std::memory_order_relaxed);
   counters_.store_present_chunks.fetch_add(out.present_chunks, std::memory_order_relaxed);
   counters_.store_failed_chunks.fetch_add(out.failed_chunks, std::memory_order_relaxed);
@@ -505,19 +521,17 @@ Reply Engine::Retrieve(const protocol::RetrieveRequest& r, const ReplyFn* early)
   std::span<const uint32_t> blocks(r.block_ids.data(), n * bpc);
   transfer::DeviceOrder order;
   order.wait_event = r.event_ipc_handle;
-  bool answered = false;
-  if (early != nullptr) {
-    order.on_enqueued = [&] {
-      answered = true;
-      (*early)(protocol::RetrieveReply{.retrieved_chunks = static_cast<uint32_t>(n),
-                                       .event_ipc_handle = order.done_event});
-    };
-  }
+  protocol::RetrieveReply done{.retrieved_chunks = static_cast<uint32_t>(n),
+                               .event_ipc_handle = std::nullopt};
+  const EarlyReply early_reply(early, &order, [&] {
+    done.event_ipc_handle = order.done_event;
+    return Reply(done);
+  });
   Status copied = (*reg)->backend->Scatter(objects, blocks, r.skip_first_n_tokens, &order);
   // The read locks go only now: the copies out of the objects have completed.
   storage_->FinishReadPrefetched(keys, 1);
   if (!copied.ok()) {
-    if (answered) {
+    if (early_reply.sent()) {
       counters_.device_failures_after_reply.fetch_add(1, std::memory_order_relaxed);
       KVT_LOG_ERROR(
           "RETRIEVE from '{}': the device copy failed after the reply was sent; the engine's "
@@ -527,8 +541,8 @@ Reply Engine::Retrieve(const protocol::RetrieveRequest& r, const ReplyFn* early)
     return fail(copied);
   }
   counters_.retrieved_chunks.fetch_add(n, std::memory_order_relaxed);
-  return protocol::RetrieveReply{.retrieved_chunks = static_cast<uint32_t>(n),
-                                 .event_ipc_handle = order.done_event};
+  done.event_ipc_handle = order.done_event;
+  return done;
 }
 
 Reply Engine::FreeLookupLocks(const protocol::FreeLookupLocksRequest& r) {
